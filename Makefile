@@ -1,0 +1,45 @@
+# Two commands from a fresh clone: `make demo` and `make test`. Both set up .venv themselves.
+PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: install demo test unit integration up down status lint clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+install: $(STAMP)
+
+# Until the embedded demo lands (issue 6) this brings up the local services and prints how to reach them.
+demo: install
+	$(BIN)/headwater devstack up
+	@echo
+	@echo "The devstack is running. Stop it with: make down"
+
+# Starts the real services, runs the whole suite against them, and stops what it started whatever the result.
+test: install
+	$(BIN)/headwater devstack up
+	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; $(BIN)/headwater devstack down; exit $$rc
+
+unit: install
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+up: install
+	$(BIN)/headwater devstack up
+
+down:
+	$(BIN)/headwater devstack down
+
+status:
+	$(BIN)/headwater devstack status
+
+lint: install
+	$(BIN)/headwater schemas lint
+
+clean: down
+	rm -rf var/devstack
