@@ -178,6 +178,7 @@ SECRET_FIELDS = {
     "pii_salts",
     "write_keys",
     "admin_token",
+    "audit_hash_key",
     "kafka_sasl_password",
     "s3_secret_access_key",
     "clickhouse_password",
@@ -250,12 +251,31 @@ class Settings(BaseModel):
     dedup_window_seconds: int = Field(86_400, ge=1)
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
+    gateway_id: str | None = Field(None, description="written into every raw record; default gw-<hostname>")
+    gateway_dark_mode: bool = Field(False, description="validate, count and audit, publish nothing")
+    gateway_require_signature: bool | None = Field(
+        None, description="unset = signatures required exactly when hmac_keys is set")
+    gateway_max_inflight_requests: int = Field(256, ge=1, description="per worker; beyond it requests get 429")
+    gateway_retry_after_seconds: int = Field(1, ge=1, description="Retry-After sent with 429 and 503")
+    gateway_spool_max_bytes: int = Field(1 << 30, ge=1 << 20, description="disk spool bound per worker")
+    gateway_delivery_timeout_ms: int = Field(5000, ge=100, description="Kafka ack wait before spooling a batch")
+    gateway_optout_refresh_seconds: float = Field(5.0, gt=0, description="opt-out registry reload interval")
+    gateway_trust_forwarded_for: bool = Field(False, description="take the client IP from X-Forwarded-For")
+    audit_hash_key: Secret | None = Field(
+        None, description="base64 key for the salted payload hash of rejected events; generated once when unset")
 
     # --- Flow ----------------------------------------------------------------------------
     geoip_db: Path | None = Field(None, description="MaxMind-format city database (.mmdb)")
     pii_salts: Secret = Field(default_factory=lambda: Secret([]), description="QUARTER:BASE64[:FROM:UNTIL],...")
     pii_salt_overlap_days: int = Field(14, ge=0, le=92)
     ip_handling: str = Field("truncate", description="after geo: 'drop' the IP or 'truncate' it to /24 and /48")
+    flow_batch_size: int = Field(500, ge=1, description="most events per enrichment batch")
+    flow_batch_timeout_ms: int = Field(500, ge=1, description="longest an event waits for its batch to fill")
+    plan_tier_table: str = Field("accounts", pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$",
+                                 description="OLTP table with user_id, plan_tier")
+    plan_tier_ttl_seconds: float = Field(300.0, gt=0, description="how long a plan-tier answer is reused")
+    geoip_cache_size: int = Field(100_000, ge=0, description="LRU entries of geo look-ups")
+    clock_skew_max_seconds: int = Field(172_800, ge=0, description="largest client clock correction applied")
 
     @field_validator("log_level")
     @classmethod

@@ -1,0 +1,148 @@
+"""The gateway's Starlette application: :func:`create_app` builds it from the settings.
+
+Routes: ``POST /analytics/collect`` (see :mod:`ingest_gateway.collect`), ``GET /analytics/config``,
+``POST|DELETE|GET /analytics/optout/{subject_id}`` (admin, bearer token), ``GET /healthz``, ``GET /readyz``,
+``GET /metrics``, ``GET /openapi.json``. Clients (Kafka, Redis, the SQL store, the spool) are opened in the
+lifespan, once per worker process.
+"""
+from __future__ import annotations
+
+import contextlib
+import hmac
+import os
+from typing import AsyncIterator
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from headwater.settings import Settings, load_settings
+from ingest_gateway.collect import collect, error_response
+from ingest_gateway.consent import MAX_SUBJECT_ID
+from ingest_gateway.gateway import Gateway
+from ingest_gateway.logs import configure_logging
+from ingest_gateway.metrics import CONTENT_TYPE_LATEST
+from ingest_gateway.openapi import openapi_document
+from ingest_gateway.options import GatewayOptions
+from schemas.registry import SchemaRegistry
+
+
+def _json(doc, status: int = 200) -> Response:
+    return Response(orjson.dumps(doc), status, media_type="application/json")
+
+
+def _gateway(request: Request) -> Gateway:
+    return request.app.state.gateway
+
+
+async def healthz(request: Request) -> Response:
+    return _json({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    gw = _gateway(request)
+    schemas_ok = gw.registry is not None and bool(gw.registry.events)
+    kafka_ok = await gw.kafka_ready()
+    spool = gw.publisher.spool if gw.publisher else None
+    spool_ok = spool is not None and spool.pending_bytes < spool.max_bytes
+    checks = {"schemas": schemas_ok, "kafka": kafka_ok, "spool": spool_ok}
+    ok = all(checks.values())
+    return _json({"status": "ready" if ok else "not ready", "checks": checks}, 200 if ok else 503)
+
+
+async def metrics(request: Request) -> Response:
+    return Response(_gateway(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+async def client_config(request: Request) -> Response:
+    gw = _gateway(request)
+    s = gw.settings
+    return _json({
+        "mode": "dark" if gw.dark else "live",
+        "rollout_percent": int(getattr(s, "gateway_rollout_percent", 100)),
+        "max_batch_events": s.max_batch_events,
+        "max_body_bytes": s.max_body_bytes,
+        "max_decompressed_bytes": s.max_decompressed_bytes,
+        "max_event_bytes": s.max_event_bytes,
+        "content_encodings": ["gzip", "deflate", "identity"],
+        "signature": {"required": gw.require_signature, "skew_seconds": s.signature_skew_seconds},
+        "schemas": {name: gw.registry.version(name) for name in gw.registry.events},
+    })
+
+
+async def openapi(request: Request) -> Response:
+    gw = _gateway(request)
+    return _json(openapi_document(gw.settings, gw.registry.events if gw.registry else []))
+
+
+def _admin_refusal(request: Request) -> Response | None:
+    token = request.app.state.gateway.settings.admin_token
+    if token is None:
+        return error_response(403, "admin_disabled", "no admin_token is configured on this gateway", None)
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), str(token.reveal()).encode()):
+        response = error_response(401, "unauthorized", "a valid 'Authorization: Bearer <admin token>' is required", None)
+        response.headers["WWW-Authenticate"] = "Bearer"
+        return response
+    return None
+
+
+async def optout(request: Request) -> Response:
+    refusal = _admin_refusal(request)
+    if refusal is not None:
+        return refusal
+    subject = request.path_params["subject_id"]
+    if not subject or len(subject) > MAX_SUBJECT_ID:
+        return error_response(400, "invalid_subject", f"subject_id must be 1-{MAX_SUBJECT_ID} characters", None)
+    registry = _gateway(request).optouts
+    if request.method == "POST":
+        created = await registry.add(subject)
+        since = await registry.get(subject)
+        return _json({"subject_id": subject, "opted_out": True, "since": since}, 201 if created else 200)
+    if request.method == "DELETE":
+        if await registry.remove(subject):
+            return Response(status_code=204)
+        return error_response(404, "not_found", "this subject has not opted out", None)
+    since = await registry.get(subject)
+    if since is None:
+        return error_response(404, "not_found", "this subject has not opted out", None)
+    return _json({"subject_id": subject, "opted_out": True, "since": since})
+
+
+def create_app(settings: Settings, *, options: GatewayOptions | None = None,
+               registry: SchemaRegistry | None = None) -> Starlette:
+    """Build the gateway app; its clients open when the app starts (lifespan).
+
+    :param settings: the shared settings object
+    :param options: gateway options beyond the settings (default: read from ``settings``)
+    :param registry: a loaded schema registry (default: the catalogue shipped in ``schemas/``)
+    """
+    configure_logging(settings.log_level)
+    gateway = Gateway(settings, options, registry)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await gateway.open()
+        try:
+            yield
+        finally:
+            await gateway.close()
+
+    app = Starlette(routes=[
+        Route("/analytics/collect", collect, methods=["POST"]),
+        Route("/analytics/config", client_config, methods=["GET"]),
+        Route("/analytics/optout/{subject_id:path}", optout, methods=["GET", "POST", "DELETE"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+    ], lifespan=lifespan)
+    app.state.gateway = gateway
+    return app
+
+
+def app_from_environment() -> Starlette:
+    """Factory for ``uvicorn --factory``: settings from ``HEADWATER_*`` (and ``HEADWATER_CONFIG``)."""
+    return create_app(load_settings(os.environ))

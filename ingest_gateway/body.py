@@ -1,0 +1,157 @@
+"""Reading, inflating and parsing a ``POST /analytics/collect`` body, within hard limits.
+
+Every limit is checked before the work it guards: the compressed size while the body streams in, the
+inflated size while gzip inflates (``zlib`` ``max_length``, so a gzip bomb costs at most the limit in memory
+and time), and the event count before any event is looked at. Failures are :class:`BodyError` with an HTTP
+status and a machine-readable ``code``.
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Any, AsyncIterable
+
+import orjson
+
+from schemas.formats import is_date_time
+
+_GZIP_WBITS = 16 + zlib.MAX_WBITS
+_DEFLATE_WBITS = zlib.MAX_WBITS
+
+
+class BodyError(Exception):
+    """A request body the gateway refuses as a whole.
+
+    :param status: HTTP status to answer with (400, 411, 413 or 415)
+    :param code: machine-readable reason, stable for clients
+    :param message: human-readable detail
+    """
+
+    def __init__(self, status: int, code: str, message: str):
+        self.status = status
+        self.code = code
+        self.message = message
+        super().__init__(f"{code}: {message}")
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A parsed collect request: the events are still unvalidated JSON values."""
+
+    events: list[Any]
+    sent_at: str | None
+    consent: dict[str, Any] | None
+    size: int
+
+    @property
+    def analytics_consent(self) -> bool:
+        return not (self.consent is not None and self.consent.get("analytics") is False)
+
+
+async def read_body(chunks: AsyncIterable[bytes], content_length: str | None, limit: int) -> bytes:
+    """Collect the raw body, refusing it as soon as it exceeds ``limit`` bytes.
+
+    :param chunks: the body as it arrives
+    :param content_length: the Content-Length header, if any (checked up front so nothing is read in vain)
+    """
+    if content_length is not None:
+        if not content_length.isdigit():
+            raise BodyError(400, "bad_content_length", "Content-Length is not a number")
+        if int(content_length) > limit:
+            raise BodyError(413, "body_too_large", f"body is {content_length} bytes; the limit is {limit}")
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > limit:
+            raise BodyError(413, "body_too_large", f"body exceeds the limit of {limit} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def inflate(raw: bytes, content_encoding: str | None, limit: int) -> bytes:
+    """Undo ``Content-Encoding`` (identity, gzip or deflate), producing at most ``limit`` bytes.
+
+    :raises BodyError: 415 for an encoding we do not speak, 413 when the inflated body would pass ``limit``,
+        400 for a corrupt or truncated stream
+    """
+    encoding = (content_encoding or "identity").strip().lower()
+    if encoding == "identity":
+        if len(raw) > limit:
+            raise BodyError(413, "decompressed_too_large", f"body exceeds {limit} bytes")
+        return raw
+    if encoding in ("gzip", "x-gzip"):
+        wbits = _GZIP_WBITS
+    elif encoding == "deflate":
+        wbits = _DEFLATE_WBITS
+    else:
+        raise BodyError(415, "unsupported_encoding",
+                        f"Content-Encoding {encoding!r} is not supported; use gzip, deflate or none")
+    inflater = zlib.decompressobj(wbits)
+    out = bytearray()
+    pending = raw
+    try:
+        while True:
+            # Ask for one byte more than allowed: getting it proves the body is too large, and the
+            # inflater never produces more than that however small the input is.
+            out += inflater.decompress(pending, limit + 1 - len(out))
+            if len(out) > limit:
+                raise BodyError(413, "decompressed_too_large", f"body inflates beyond {limit} bytes")
+            pending = inflater.unconsumed_tail
+            if inflater.eof:
+                break
+            if not pending:
+                raise BodyError(400, "compression_invalid", f"{encoding} stream is truncated")
+    except zlib.error as exc:
+        raise BodyError(400, "compression_invalid", f"{encoding} stream is corrupt: {exc}") from None
+    if inflater.unused_data.strip(b"\x00"):
+        raise BodyError(400, "compression_invalid", f"unexpected bytes after the {encoding} stream")
+    return bytes(out)
+
+
+def parse_batch(data: bytes, max_events: int) -> Batch:
+    """Decode the JSON body and check its shape (not the events themselves).
+
+    :raises BodyError: 400 with ``invalid_utf8``, ``malformed_json``, ``invalid_body``, ``empty_batch``
+        or 413 ``too_many_events``
+    """
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as uexc:
+            raise BodyError(400, "invalid_utf8", f"body is not UTF-8 (byte {uexc.start})") from None
+        raise BodyError(400, "malformed_json", f"body is not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise BodyError(400, "invalid_body", "body must be a JSON object with a 'batch' array")
+    events = doc.get("batch")
+    if not isinstance(events, list):
+        raise BodyError(400, "invalid_body", "'batch' must be an array of events")
+    if not events:
+        raise BodyError(400, "empty_batch", "'batch' holds no events")
+    if len(events) > max_events:
+        raise BodyError(413, "too_many_events", f"'batch' holds {len(events)} events; the limit is {max_events}")
+    sent_at = doc.get("sent_at")
+    if sent_at is not None and not (isinstance(sent_at, str) and is_date_time(sent_at)):
+        raise BodyError(400, "invalid_body", "'sent_at' must be an RFC 3339 timestamp with an offset")
+    consent = doc.get("consent")
+    if consent is not None and not (isinstance(consent, dict)
+                                    and all(isinstance(v, bool) for k, v in consent.items() if k != "policy_version")):
+        raise BodyError(400, "invalid_body", "'consent' must be an object of booleans, e.g. {\"analytics\": false}")
+    return Batch(events=events, sent_at=sent_at, consent=consent, size=len(data))
+
+
+def oversized_events(batch: Batch, limit: int) -> dict[int, int]:
+    """Index -> encoded size of each event larger than ``limit`` bytes.
+
+    A body no larger than the limit cannot hold such an event, which spares the usual request any work.
+    """
+    if batch.size <= limit:
+        return {}
+    out = {}
+    for index, event in enumerate(batch.events):
+        size = len(orjson.dumps(event))
+        if size > limit:
+            out[index] = size
+    return out

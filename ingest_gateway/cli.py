@@ -1,0 +1,65 @@
+"""``headwater gateway``: serve the ingest gateway with uvicorn.
+
+Wire it in with ``ingest_gateway.cli.add_parser(subparsers)``; the parsed namespace carries ``func``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``gateway --host H --port P --workers N`` on an argparse sub-parser collection."""
+    parser = subparsers.add_parser(
+        "gateway", help="serve the ingest gateway (POST /analytics/collect, /readyz, /metrics, ...)",
+        description="Serve the ingest gateway with uvicorn. Settings come from HEADWATER_* variables or "
+                    "--config; TLS is served when tls_cert_file and tls_key_file are set.")
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    parser.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="worker processes (default 1); each has its own producer and spool slot")
+    # SUPPRESS: when not given here, a --config given to the main command stays in effect.
+    parser.add_argument("--config", default=argparse.SUPPRESS, help="TOML settings file (or HEADWATER_CONFIG)")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from headwater.settings import SettingsError, load_settings
+
+    import uvicorn
+
+    if args.workers < 1:
+        print("gateway: --workers must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    config = getattr(args, "config", None)
+    if config:
+        os.environ["HEADWATER_CONFIG"] = str(config)  # the workers load the settings themselves
+    try:
+        settings = load_settings()  # fail here, once, with every problem listed
+    except SettingsError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
+    tls = {}
+    if settings.tls_cert_file and settings.tls_key_file:
+        tls = {"ssl_certfile": str(settings.tls_cert_file), "ssl_keyfile": str(settings.tls_key_file)}
+    uvicorn.run("ingest_gateway.app:app_from_environment", factory=True, host=args.host, port=args.port,
+                workers=args.workers, log_level=settings.log_level.lower(), access_log=False,
+                proxy_headers=False, server_header=False, timeout_graceful_shutdown=30, **tls)
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the gateway command on its own: ``python -m ingest_gateway.cli --port 8080``."""
+    parser = argparse.ArgumentParser(prog="headwater")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_parser(sub)
+    args = parser.parse_args(["gateway", *(sys.argv[1:] if argv is None else argv)])
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

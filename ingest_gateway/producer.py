@@ -1,0 +1,276 @@
+"""Publishing accepted batches: Kafka first, the durable spool when Kafka cannot take them.
+
+Guarantee: :meth:`Publisher.publish` returns only once every message of the batch was acknowledged by Kafka
+(``acks=all``, idempotent producer) or is fsynced in the spool; it raises :class:`SpoolFull` when neither is
+possible, and the caller answers 503. Messages are produced without waiting on each other; a background
+thread serves librdkafka's delivery reports and resolves one future per batch.
+
+While the spool holds anything, or the last delivery failed, new batches go to the spool too, so a subject's
+events keep their order; a drain thread replays the spool in order and returns to direct publishing once it
+is empty. Every message has ``message.timeout.ms`` to be acknowledged: librdkafka reports each one exactly
+once, so a failed message is spooled only after it is known not to be in flight any more.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Callable, Iterable
+
+import orjson
+from confluent_kafka import KafkaError, KafkaException, Producer
+
+from ingest_gateway.spool import Spool, SpoolFull
+
+log = logging.getLogger("headwater.gateway.producer")
+
+__all__ = ["Message", "Publisher", "SpoolFull"]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+
+def encode_batch(messages: Iterable[Message]) -> bytes:
+    """The spool's record for a batch (latin-1 maps bytes to text losslessly)."""
+    return orjson.dumps([[m.topic, None if m.key is None else m.key.decode("latin-1"), m.value.decode("latin-1"),
+                          [[h, v.decode("latin-1")] for h, v in m.headers]] for m in messages])
+
+
+def decode_batch(payload: bytes) -> list[Message]:
+    return [Message(t, None if k is None else k.encode("latin-1"), v.encode("latin-1"),
+                    [(h, hv.encode("latin-1")) for h, hv in hs]) for t, k, v, hs in orjson.loads(payload)]
+
+
+# Errors that mean this producer's idempotence state (id, epoch, sequence) is no longer usable: only a new
+# producer instance, with a new producer id, can deliver again.
+_PRODUCER_STATE_ERRORS = {KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH,
+                          KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER, KafkaError.UNKNOWN_PRODUCER_ID,
+                          KafkaError.INVALID_PRODUCER_ID_MAPPING, KafkaError._FENCED}
+
+
+class _Delivery:
+    """Counts the delivery reports of one batch; calls ``done`` once all are in (from the poll thread)."""
+
+    __slots__ = ("_remaining", "_lock", "failed", "_done", "errors", "producer_broken")
+
+    def __init__(self, count: int, done: Callable[["_Delivery"], None]) -> None:
+        self._remaining = count
+        self._lock = threading.Lock()
+        self.failed: list[Message] = []
+        self.errors: list[str] = []
+        self.producer_broken = False
+        self._done = done
+
+    def report(self, message: Message, err: KafkaError | None, _msg: Any) -> None:
+        """librdkafka's delivery report for ``message`` (its report carries no headers, so we keep ours)."""
+        if err is not None:
+            if err.fatal() or err.code() in _PRODUCER_STATE_ERRORS:
+                self.producer_broken = True
+            self.fail(message, str(err))
+            return
+        self._count_one()
+
+    def with_failed(self, messages: list[Message]) -> "_Delivery":
+        self.failed = list(messages)
+        self.errors = ["delivery reports overdue"]
+        return self
+
+    def fail(self, message: Message, reason: str) -> None:
+        with self._lock:
+            self.failed.append(message)
+            if len(self.errors) < 3:
+                self.errors.append(reason)
+        self._count_one()
+
+    def _count_one(self) -> None:
+        with self._lock:
+            self._remaining -= 1
+            finished = self._remaining == 0
+        if finished:
+            self._done(self)
+
+
+class Publisher:
+    """Owns the Kafka producer, its poll thread, the spool and the drain thread.
+
+    :param kafka_config: librdkafka settings (brokers, security, user options); defaults below fill the rest
+    :param spool: the durable spool this process owns
+    :param delivery_timeout_ms: how long a message may wait for its ack before it goes to the spool
+    """
+
+    def __init__(self, kafka_config: dict[str, Any], spool: Spool, delivery_timeout_ms: int = 5000) -> None:
+        self._config = {
+            "acks": "all", "enable.idempotence": True, "compression.type": "zstd", "linger.ms": 5,
+            "batch.num.messages": 10000, "message.timeout.ms": delivery_timeout_ms,
+            "socket.keepalive.enable": True, **kafka_config,
+            "error_cb": self._on_error, "logger": logging.getLogger("headwater.gateway.kafka"),
+        }
+        self._delivery_timeout = int(self._config["message.timeout.ms"]) / 1000
+        self.spool = spool
+        self._producer: Producer | None = None
+        self._stop = threading.Event()  # stops the drain thread
+        self._stop_polling = threading.Event()
+        self._wake = threading.Event()
+        self._down = len(spool) > 0
+        self._fatal = False
+        self._threads: list[threading.Thread] = []
+        self.delivered_from_spool = 0
+
+    # --- lifecycle ------------------------------------------------------------------------
+    def start(self) -> None:
+        self._producer = Producer(self._config)
+        for name, target in (("hw-kafka-poll", self._poll_loop), ("hw-spool-drain", self._drain_loop)):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop draining, wait for outstanding acks (the poll thread keeps serving them), then stop."""
+        self._stop.set()
+        self._wake.set()
+        drain = self._threads[1] if len(self._threads) > 1 else None
+        if drain is not None:
+            drain.join(timeout)
+        if self._producer is not None:
+            left = self._producer.flush(timeout)
+            if left:
+                log.warning("producer closed with %d message(s) unacknowledged", left)
+        self._stop_polling.set()
+        for thread in self._threads:
+            thread.join(timeout)
+        self.spool.close()
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            log.error("fatal Kafka producer error, recreating the producer: %s", err)
+            self._fatal = True
+            self._down = True
+            self._wake.set()
+        elif err.code() == KafkaError._ALL_BROKERS_DOWN:
+            log.warning("all Kafka brokers are down: %s", err)
+
+    def _poll_loop(self) -> None:
+        while not self._stop_polling.is_set():
+            producer = self._producer
+            if producer is not None:
+                producer.poll(0.05)
+
+    # --- state ----------------------------------------------------------------------------
+    @property
+    def degraded(self) -> bool:
+        """True while batches go to the spool instead of Kafka."""
+        return self._down or len(self.spool) > 0
+
+    def kafka_reachable(self, topic: str, timeout: float = 2.0) -> bool:
+        """Whether the brokers answer a metadata request for ``topic`` (blocking: call from a thread)."""
+        try:
+            meta = self._producer.list_topics(topic=topic, timeout=timeout)
+        except KafkaException:
+            return False
+        info = meta.topics.get(topic)
+        return info is not None and info.error is None and bool(meta.brokers)
+
+    # --- publishing -----------------------------------------------------------------------
+    def _produce(self, messages: list[Message], delivery: _Delivery) -> None:
+        produce = self._producer.produce
+        report = delivery.report
+        for i, m in enumerate(messages):
+            try:
+                produce(m.topic, m.value, m.key, headers=m.headers, on_delivery=partial(report, m))
+            except BufferError:
+                # The local queue is full: Kafka is not keeping up. Hand this and the rest to the spool.
+                for rest in messages[i:]:
+                    delivery.fail(rest, "local producer queue full")
+                return
+            except KafkaException as exc:
+                for rest in messages[i:]:
+                    delivery.fail(rest, str(exc))
+                return
+
+    async def publish(self, messages: list[Message]) -> str:
+        """Deliver ``messages`` durably. :returns: ``"kafka"`` or ``"spool"``. :raises SpoolFull:"""
+        if not messages:
+            return "kafka"
+        if self.degraded:
+            await self._to_spool(messages)
+            return "spool"
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+
+        def done(delivery: _Delivery) -> None:
+            loop.call_soon_threadsafe(lambda: future.done() or future.set_result(delivery))
+
+        self._produce(messages, _Delivery(len(messages), done))
+        delivery = await future
+        if not delivery.failed:
+            return "kafka"
+        self._down = True
+        if delivery.producer_broken:
+            self._fatal = True
+        log.warning("%d of %d message(s) not acknowledged by Kafka, spooling them: %s",
+                    len(delivery.failed), len(messages), "; ".join(delivery.errors))
+        await self._to_spool(delivery.failed)
+        return "spool"
+
+    async def _to_spool(self, messages: list[Message]) -> None:
+        await asyncio.to_thread(self.spool.append, encode_batch(messages))
+        self._wake.set()
+
+    # --- draining -------------------------------------------------------------------------
+    def _deliver_blocking(self, messages: list[Message]) -> _Delivery:
+        finished = threading.Event()
+        delivery = _Delivery(len(messages), lambda _d: finished.set())
+        self._produce(messages, delivery)
+        # Every message gets its report within message.timeout.ms; the margin covers the poll interval.
+        if not finished.wait(self._delivery_timeout + 5.0):
+            log.error("delivery reports overdue; treating %d message(s) as undelivered", len(messages))
+            return _Delivery(0, lambda _d: None).with_failed(messages)
+        return delivery
+
+    def _recreate_producer(self) -> None:
+        log.warning("recreating the Kafka producer (its idempotence state was fenced or fatally broken)")
+        old = self._producer
+        self._fatal = False
+        self._producer = Producer(self._config)
+        if old is not None:
+            # Serve the old producer's outstanding reports: a request may still be waiting on one.
+            old.flush(self._delivery_timeout + 1.0)
+
+    def _drain_loop(self) -> None:
+        backoff = 0.1
+        while not self._stop.is_set():
+            if self._fatal:
+                self._recreate_producer()
+            item = self.spool.peek()
+            if item is None:
+                self._down = False
+                self._wake.wait(0.5)
+                self._wake.clear()
+                continue
+            position, payload = item
+            remaining = decode_batch(payload)
+            while remaining and not self._stop.is_set():
+                delivery = self._deliver_blocking(remaining)
+                # Only what failed is sent again, so a partly delivered batch is not duplicated.
+                remaining = delivery.failed
+                if delivery.producer_broken:
+                    self._fatal = True
+                if remaining:
+                    log.info("spool drain: Kafka still unavailable (%s); retrying in %.1f s",
+                             "; ".join(delivery.errors), backoff)
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    if self._fatal:
+                        self._recreate_producer()
+            if remaining:
+                break  # stopping: the record stays in the spool and is replayed at the next start
+            self.spool.commit(position)
+            self.delivered_from_spool += 1
+            backoff = 0.1
