@@ -140,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("old", help="old schema file or directory")
     check.add_argument("new", help="new schema file or directory")
     check.set_defaults(func=_cmd_schemas_check)
+    # The gateway and the flow register their own commands; importing them here costs only argparse work.
+    from flows.cli import add_parser as add_flow_commands
+    from ingest_gateway.cli import add_parser as add_gateway_command
+
+    add_gateway_command(sub)
+    add_flow_commands(sub)
     return parser
 
 
