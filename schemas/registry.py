@@ -25,6 +25,7 @@ import fastjsonschema
 import jsonschema
 
 from schemas.explain import ValidationIssue, build_explainer, explain, finish, issue_path, show
+from schemas.fastpath import SharedPartCache, split_envelope
 from schemas.formats import fastjsonschema_formats
 from schemas.walk import pii_marks
 
@@ -220,6 +221,15 @@ class SchemaRegistry:
         self.directory = directory
         self._pii = {name: {**envelope.pii, **compiled.pii} for name, compiled in events.items()}
         self._pii[ENVELOPE] = dict(envelope.pii)
+        # The fast path checks the envelope in two halves; see schemas.fastpath. Without a safe split it
+        # checks the whole envelope at once, as written.
+        split = split_envelope(envelope.schema)
+        if split is None:
+            self._envelope_rest, self._shared = envelope.fast, None
+        else:
+            rest, parts = split
+            self._envelope_rest = _fast_validator(rest)
+            self._shared = SharedPartCache({name: compile_fast(sub) for name, sub in parts.items()})
 
     @classmethod
     def load(cls, directory: str | Path | None = None) -> SchemaRegistry:
@@ -307,9 +317,11 @@ class SchemaRegistry:
         :returns: every issue found (at most ``MAX_ISSUES`` and a note saying there are more), sorted by path.
         """
         try:
-            # The common case, kept to two compiled calls: anything unusual falls through to the
-            # slow path, which works out what exactly is wrong.
-            self._envelope.fast(event)
+            # The common case, kept to a few compiled calls (the envelope's shared parts usually not even
+            # that): anything unusual falls through to the slow path, which works out what exactly is wrong.
+            self._envelope_rest(event)
+            if self._shared is not None:
+                self._shared.check(event)
             self._events[event["event"]].fast(event[PROPERTIES])
             return []
         except Exception:

@@ -1,0 +1,112 @@
+"""The registry's fast path for valid events: the envelope split in two, with its repetitive half remembered.
+
+Most of the envelope's cost is ``context`` (and ``consent``): nested objects with patterns and formats that are
+the same for every event a device sends. So the fast path checks
+
+- the *rest* of the envelope (ids, timestamps, names) with a validator compiled from the envelope with the
+  shared parts replaced by ``true``, on every event; and
+- the shared parts with their own validators, but only when an identical value has not been validated recently.
+
+"Identical" must be exact, never a near miss that turns an invalid event valid. The key is the orjson text of
+the shared parts, and a hit additionally needs the event's parts to compare equal to the JSON-plain copy stored
+with the key. Together these pin the value down type for type: the text tells ``1``, ``1.0`` and ``true`` apart
+(which ``==`` does not), and ``==`` tells a plain value from the few non-JSON types orjson would write as the
+same text (``uuid.UUID``, ``enum.Enum``, NaN written as ``null``); datetimes, dataclasses and subclasses of the
+built-in types are refused by orjson under the passthrough options, so they are simply never cached.
+
+Only the decision "valid" is cached. Anything that fails goes to the registry's slow path, which explains it
+against the full, unsplit schema.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import orjson
+
+#: Envelope fields that repeat from event to event of one client and are worth remembering once validated.
+SHARED_PARTS = ("context", "consent")
+#: Root keywords whose meaning does not reach into a property's value; with anything else at the root (e.g.
+#: ``dependencies`` or ``allOf``) a property could be constrained from outside, and the envelope is not split.
+_SPLITTABLE_ROOT = {"$schema", "$comment", "$id", "title", "description", "x-version", "type", "required",
+                    "anyOf", "additionalProperties", "properties", "examples"}
+_KEY_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_SUBCLASS
+DEFAULT_CACHE_ENTRIES = 8192  # one entry per active device; a few KB each at most
+
+
+def _has_ref(node: Any) -> bool:
+    if isinstance(node, dict):
+        return "$ref" in node or any(_has_ref(v) for v in node.values())
+    if isinstance(node, list):
+        return any(_has_ref(v) for v in node)
+    return False
+
+
+def split_envelope(schema: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]] | None:
+    """``(rest, {part: subschema})``, or ``None`` when the envelope cannot be split safely.
+
+    ``rest`` keeps every shared part's name as a ``true`` schema, so a closed envelope still admits it.
+
+    :param schema: the envelope schema as written.
+    """
+    properties = schema.get("properties")
+    if not isinstance(properties, dict) or not set(schema) <= _SPLITTABLE_ROOT or _has_ref(schema):
+        return None
+    parts = {name: properties[name] for name in SHARED_PARTS if isinstance(properties.get(name), dict)}
+    if not parts:
+        return None
+    rest = dict(schema)
+    rest["properties"] = {name: (True if name in parts else sub) for name, sub in properties.items()}
+    return rest, parts
+
+
+class SharedPartCache:
+    """Validates the shared parts of events, remembering the last ``max_entries`` distinct valid ones.
+
+    Safe to share between threads: the worst a race can do is validate a value twice or forget one early.
+
+    :param validators: part name -> compiled validator that raises on an invalid value.
+    :param max_entries: most distinct values remembered; the oldest is forgotten first.
+    """
+
+    def __init__(self, validators: dict[str, Callable[[Any], Any]], max_entries: int = DEFAULT_CACHE_ENTRIES):
+        self._validators = tuple(validators.items())
+        self._max_entries = max_entries
+        self._valid: dict[bytes, dict[str, Any]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def check(self, event: dict[str, Any]) -> None:
+        """Return when the shared parts of ``event`` are valid.
+
+        :raises Exception: (a validation error, or ``TypeError`` for a value orjson cannot write) otherwise.
+        """
+        parts = {name: event[name] for name, _ in self._validators if name in event}
+        if not parts:
+            return
+        try:
+            key = orjson.dumps(parts, option=_KEY_OPTIONS)
+        except TypeError:  # not JSON-plain: validate, but never remember
+            key = None
+        if key is not None:
+            known = self._valid.get(key)
+            if known is not None and known == parts:
+                self.hits += 1
+                return
+        self.misses += 1
+        for name, validate in self._validators:
+            if name in parts:
+                validate(parts[name])
+        if key is not None:
+            self._remember(key, parts)
+
+    def _remember(self, key: bytes, parts: dict[str, Any]) -> None:
+        plain = orjson.loads(key)
+        if plain != parts:  # e.g. a NaN written as null: the text does not stand for the value
+            return
+        valid = self._valid
+        while len(valid) >= self._max_entries:
+            try:
+                valid.pop(next(iter(valid)), None)
+            except (StopIteration, RuntimeError):  # emptied or resized by another thread meanwhile
+                break
+        valid[key] = plain
