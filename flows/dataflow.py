@@ -4,18 +4,20 @@ with everything that fails on the way branched to ``analytics.events.invalid``.
 ::
 
     raw (KafkaSource, partitions = parallelism, offsets in Bytewax recovery)
-     └─ admit: decode → validate → clock → PII → geo          (per record; raw IPs never leave this step)
-         ├─ dead letters ─────────────────────────────────────► invalid (KafkaSink)
-         └─ key by Kafka partition → collect (size/time bounds)
-             └─ finish: plan tiers (one query per batch) → user agent → row
-                 ├─ rows ──► every sink in ``sinks`` (each gets all rows)
-                 └─ dead letters ─► invalid
+     └─ process, once per batch the source hands over:
+        decode → validate → clock → PII → geo (per record; raw IPs never leave this step)
+        → plan tiers (one query per batch) → user agent → row
+         ├─ rows ──► every sink in ``sinks`` (each gets all rows)
+         └─ dead letters ─► invalid
 
-Keying batches by Kafka partition keeps a partition's events in order and, since the gateway keys records by
-user, sends the same users to the same worker, which keeps the plan-tier cache warm.
+Everything per event happens in one Python call per source batch: each Bytewax operator an event passes costs a
+round trip between Rust and Python, which at tens of thousands of events a second is a large share of the work.
+The source's batches (a Kafka partition's records, up to the source's batch size) are also the plan-tier batches,
+so nothing waits for a batch to fill and no partial row is ever held in Bytewax state (or snapshotted).
 
 Delivery is at-least-once: after a restart from recovery the resumed epoch is processed again, so sinks see
-some rows twice and must be idempotent on ``event_id`` (they are).
+some rows twice and must be idempotent on ``event_id`` (they are). Sinks that buffer (``KafkaRowSink``) wait for
+their writes at each epoch's snapshot, before the epoch is committed.
 """
 from __future__ import annotations
 
@@ -24,16 +26,16 @@ import logging
 from typing import Any, Mapping
 
 import bytewax.operators as op
-from bytewax.connectors.kafka import KafkaError, KafkaSink, KafkaSinkMessage, KafkaSource
+from bytewax.connectors.kafka import KafkaError, KafkaSinkMessage, KafkaSource
 from bytewax.connectors.stdio import StdOutSink
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
-from bytewax.outputs import Sink
+from bytewax.outputs import FixedPartitionedSink, Sink
 from confluent_kafka import OFFSET_BEGINNING
 
 from enrichers.pii import check_salts_cover
 from flows.metrics import STAGES
-from flows.outputs import track_lag
+from flows.outputs import KafkaRowSink, track_lag
 from flows.stages import DeadLetter, Stages
 
 log = logging.getLogger(__name__)
@@ -57,18 +59,37 @@ def kafka_source(settings: Any, topic: str | None = None) -> KafkaSource:
     )
 
 
-def dead_letter_sink(settings: Any, topic: str | None = None) -> KafkaSink:
-    """``analytics.events.invalid`` as a Bytewax sink (workers are the unit of parallelism; at-least-once)."""
-    return KafkaSink(settings.kafka_brokers.split(","), topic or settings.kafka_topic_invalid,
-                     add_config=settings.kafka_config(**{"acks": "all", "linger.ms": 5}))
+def dead_letter_sink(settings: Any, topic: str | None = None) -> KafkaRowSink:
+    """``analytics.events.invalid`` as a Bytewax sink (output partitions are the unit of parallelism;
+    at-least-once, acknowledgements awaited per epoch)."""
+    return KafkaRowSink(settings.kafka_config(**{"acks": "all", "linger.ms": 5}),
+                        topic or settings.kafka_topic_invalid, _dead_letter_record)
+
+
+def _dead_letter_headers(letter: DeadLetter) -> list[tuple[str, bytes]]:
+    headers = [("hw-dead-letter-stage", letter.stage.encode())]
+    if letter.event:
+        headers.append(("hw-event", letter.event.encode()))
+    return headers
+
+
+def _dead_letter_record(letter: DeadLetter) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
+    STAGES.inc("dead_letter", "out")
+    return letter.key, letter.encode(), _dead_letter_headers(letter)
 
 
 def _dead_letter_message(letter: DeadLetter) -> KafkaSinkMessage:
     STAGES.inc("dead_letter", "out")
-    headers = [("hw-dead-letter-stage", letter.stage.encode())]
-    if letter.event:
-        headers.append(("hw-event", letter.event.encode()))
-    return KafkaSinkMessage(key=letter.key, value=letter.encode(), headers=headers)
+    return KafkaSinkMessage(key=letter.key, value=letter.encode(), headers=_dead_letter_headers(letter))
+
+
+def _partition_key(item: Any) -> str:
+    # Keeps one source partition's output in order: it always goes to the same output partition.
+    return str(item.partition if isinstance(item, DeadLetter) else item["kafka_partition"])
+
+
+def _is_row(item: Any) -> bool:
+    return not isinstance(item, DeadLetter)
 
 
 def _consumed(item: Any) -> Any | None:
@@ -93,8 +114,9 @@ def build_flow(settings: Any, *, source: Source | None = None, sinks: Mapping[st
     :param dead_letters: sink for :class:`~flows.stages.DeadLetter` messages; default ``analytics.events.invalid``
     :param stages: the processing steps; default built from ``settings`` and ``registry``
     :param registry: a ``SchemaRegistry``; default the shipped catalogue
-    :param batch_size: most events per plan-tier batch
-    :param batch_timeout: longest an event waits for its batch to fill
+    :param batch_size: most events per plan-tier look-up (a source batch larger than this is split)
+    :param batch_timeout: kept for callers of the earlier, collecting flow; nothing waits for a batch any more
+        (a batch is what the source hands over at once), so it has no effect
     :param today: for the salt start-up check (default: today, UTC)
     :raises MissingSaltError: when no PII salt covers today's quarter
     """
@@ -109,18 +131,34 @@ def build_flow(settings: Any, *, source: Source | None = None, sinks: Mapping[st
     sinks = dict(sinks) if sinks is not None else {"stdout": StdOutSink()}
 
     flow = Dataflow(flow_id)
-    consumed = op.filter_map("consumed", op.input("raw", flow, source or kafka_source(settings)), _consumed)
-    admitted = op.map("admit", consumed, stages.admit)
-    split = op.branch("admitted_or_dead", admitted, lambda item: not isinstance(item, DeadLetter))
 
-    keyed = op.key_on("by_partition", split.trues, lambda partial: str(partial["kafka_partition"]))
-    batches = op.collect("batch", keyed, timeout=batch_timeout, max_size=batch_size)
-    finished = op.flat_map("finish", batches, lambda key_batch: stages.finish(key_batch[1]))
-    done = op.branch("rows_or_dead", finished, lambda item: not isinstance(item, DeadLetter))
+    def process(items: list[Any]) -> list[Any]:
+        out: list[Any] = []
+        partials: list[dict[str, Any]] = []
+        STAGES.inc("source", "in", len(items))  # per batch: a labelled counter costs microseconds
+        for item in items:
+            if _consumed(item) is None:
+                continue
+            admitted = stages.admit(item)
+            (out if isinstance(admitted, DeadLetter) else partials).append(admitted)
+        for start in range(0, len(partials), batch_size):
+            out.extend(stages.finish(partials[start:start + batch_size]))
+        return out
 
-    letters = op.merge("dead_letters", split.falses, done.falses)
-    op.output("invalid", op.map("dead_letter_message", letters, _dead_letter_message),
-              dead_letters if dead_letters is not None else dead_letter_sink(settings))
+    processed = op.flat_map_batch("process", op.input("raw", flow, source or kafka_source(settings)), process)
+    split = op.branch("rows_or_dead", processed, _is_row)
+
+    letters_sink = dead_letters if dead_letters is not None else dead_letter_sink(settings)
+    if isinstance(letters_sink, FixedPartitionedSink):
+        op.output("invalid", op.key_on("letter_by_partition", split.falses, _partition_key), letters_sink)
+    else:
+        op.output("invalid", op.map("dead_letter_message", split.falses, _dead_letter_message), letters_sink)
+    keyed_rows = None
     for name, sink in sinks.items():
-        op.output(f"sink_{name}", done.trues, track_lag(name, sink))
+        if isinstance(sink, FixedPartitionedSink):
+            if keyed_rows is None:
+                keyed_rows = op.key_on("row_by_partition", split.trues, _partition_key)
+            op.output(f"sink_{name}", keyed_rows, sink)
+        else:
+            op.output(f"sink_{name}", split.trues, track_lag(name, sink))
     return flow

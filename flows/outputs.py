@@ -1,16 +1,18 @@
-"""Bytewax outputs of the flow until the real sinks land: a JSON-lines file sink and a Kafka row sink, plus the
-wrapper that sets ``analytics_pipeline_lag_seconds`` after each batch a sink commits.
+"""Bytewax outputs of the flow until the real sinks land: a JSON-lines file sink and a Kafka sink that waits for
+acknowledgements once per epoch rather than per batch, plus the wrapper that sets ``analytics_pipeline_lag_seconds``
+after each batch a sink commits.
 """
 from __future__ import annotations
 
 import datetime as dt
 import os
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
 import orjson
-from bytewax.connectors.kafka import KafkaSink, KafkaSinkMessage
-from bytewax.outputs import DynamicSink, Sink, StatelessSinkPartition
+from bytewax.outputs import (DynamicSink, FixedPartitionedSink, Sink, StatefulSinkPartition,
+                             StatelessSinkPartition)
 
 from flows.metrics import PIPELINE_LAG, STAGES
 
@@ -65,16 +67,6 @@ def read_json_lines(directory: str | Path) -> list[dict]:
     return rows
 
 
-def kafka_row_sink(settings: Any, topic: str) -> KafkaSink:
-    """Rows to a Kafka topic, keyed by ``event_id`` (used with :class:`RowSink` and ``encode=to_kafka``)."""
-    brokers = settings.kafka_brokers.split(",")
-    return KafkaSink(brokers, topic, add_config=settings.kafka_config(**{"linger.ms": 5, "acks": "all"}))
-
-
-def to_kafka(row: dict[str, Any]) -> KafkaSinkMessage:
-    return KafkaSinkMessage(key=str(row["event_id"]).encode(), value=encode_row(row))
-
-
 class _RowSinkPartition(StatelessSinkPartition[dict]):
     def __init__(self, inner: Any, name: str, encode: Callable[[dict], Any] | None):
         self._inner = inner
@@ -116,3 +108,125 @@ def track_lag(name: str, sink: Sink) -> Sink:
     if isinstance(sink, RowSink) or not isinstance(sink, DynamicSink):
         return sink
     return RowSink(sink, name)
+
+
+#: Output partitions of :class:`KafkaRowSink`: rows are spread over them by key, and each is owned by one worker.
+DEFAULT_SINK_PARTS = 8
+
+
+class SinkDeliveryError(RuntimeError):
+    """Kafka did not take some records; raised at the epoch boundary so the epoch is never committed."""
+
+
+class _SharedProducer:
+    """One librdkafka producer for all partitions of a sink in this process (it is thread-safe, and one producer
+    batches better than several); delivery failures are collected until a flush looks at them."""
+
+    def __init__(self, config: dict[str, Any]):
+        from confluent_kafka import Producer
+
+        self._failed: list[str] = []
+        self._lock = threading.Lock()
+        self.producer = Producer({**config, "delivery.report.only.error": True, "on_delivery": self._delivered})
+
+    def _delivered(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            with self._lock:
+                self._failed.append(str(err))
+
+    def take_failures(self) -> list[str]:
+        with self._lock:
+            failed, self._failed = self._failed, []
+        return failed
+
+
+class _BufferedKafkaPartition(StatefulSinkPartition[Any, None]):
+    def __init__(self, producer: _SharedProducer, topic: str, encode: Callable[[Any], tuple],
+                 lag_name: str | None):
+        self._shared = producer
+        self._producer = producer.producer
+        self._topic = topic
+        self._encode = encode
+        self._lag = PIPELINE_LAG.labels(sink=lag_name) if lag_name else None
+
+    def write_batch(self, values: list[Any]) -> None:
+        produce, topic = self._producer.produce, self._topic
+        for value in values:
+            key, payload, headers = self._encode(value)
+            try:
+                produce(topic, payload, key, headers=headers)
+            except BufferError:  # the local queue is full: let librdkafka drain it, then retry once
+                self._producer.flush(30)
+                produce(topic, payload, key, headers=headers)
+        self._producer.poll(0)
+        if self._lag is not None:
+            STAGES.inc("sink", "written", len(values))
+            newest = max((r["received_at"] for r in values if isinstance(r.get("received_at"), dt.datetime)),
+                         default=None)
+            if newest is not None:
+                self._lag.set((dt.datetime.now(dt.timezone.utc) - newest).total_seconds())
+
+    def snapshot(self) -> None:
+        # Bytewax snapshots every stateful step at the end of an epoch and commits the epoch (and with it the
+        # source offsets) only once every snapshot is stored. Waiting here for every record of the epoch to be
+        # acknowledged therefore keeps at-least-once: a crash before this returns replays the whole epoch.
+        self._flush()
+
+    def _flush(self) -> None:
+        remaining = self._producer.flush(60)
+        if remaining:
+            raise SinkDeliveryError(f"{remaining} record(s) to {self._topic} still unacknowledged after 60 s")
+        failed = self._shared.take_failures()
+        if failed:
+            raise SinkDeliveryError(f"{len(failed)} record(s) to {self._topic} were refused, e.g. {failed[0]}")
+
+    def close(self) -> None:
+        self._flush()
+
+
+class KafkaRowSink(FixedPartitionedSink[Any, None]):
+    """Items of a keyed stream ``(key, item)`` to one Kafka topic, without waiting for acknowledgements per batch.
+
+    Bytewax's own ``KafkaSink`` flushes the producer after every batch, which at a few hundred events per batch
+    costs more than the rest of the flow. This sink only waits at the end of each epoch (in ``snapshot``), which
+    is where the guarantee is decided, so delivery stays at-least-once: records of the resumed epoch are written
+    again after a restart. The output partitions (``parts``) are the unit of parallelism; the stream's key picks
+    the partition, so keying by the source partition keeps the source's order.
+
+    :param config: librdkafka producer configuration (brokers, security)
+    :param topic: where the records go
+    :param encode: item → ``(key bytes, value bytes, headers)``
+    :param lag_name: when set, items are output rows and ``analytics_pipeline_lag_seconds{sink=lag_name}`` and
+        the written-rows counter follow them
+    :param parts: number of output partitions
+    """
+
+    def __init__(self, config: dict[str, Any], topic: str, encode: Callable[[Any], tuple],
+                 lag_name: str | None = None, parts: int = DEFAULT_SINK_PARTS):
+        self.config = dict(config)
+        self.topic = topic
+        self.encode = encode
+        self.lag_name = lag_name
+        self.parts = parts
+        self._producer: _SharedProducer | None = None
+        self._lock = threading.Lock()
+
+    def list_parts(self) -> list[str]:
+        return [str(i) for i in range(self.parts)]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _BufferedKafkaPartition:
+        with self._lock:  # partitions are built on worker threads; they share the process's producer
+            if self._producer is None:
+                self._producer = _SharedProducer(self.config)
+        return _BufferedKafkaPartition(self._producer, self.topic, self.encode, self.lag_name)
+
+
+def row_record(row: dict[str, Any]) -> tuple[bytes, bytes, list]:
+    """An output row as a Kafka record: keyed by ``event_id``, the row as JSON."""
+    return str(row["event_id"]).encode(), encode_row(row), []
+
+
+def kafka_rows(settings: Any, topic: str, name: str | None = None) -> KafkaRowSink:
+    """Rows to a Kafka topic through :class:`KafkaRowSink`, reporting pipeline lag as ``name``."""
+    return KafkaRowSink(settings.kafka_config(**{"linger.ms": 5, "acks": "all"}), topic, row_record,
+                        lag_name=name or f"kafka_{topic}")

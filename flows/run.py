@@ -15,7 +15,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.outputs import Sink
 
 from flows.dataflow import build_flow
-from flows.outputs import JsonLinesSink, RowSink, kafka_row_sink, to_kafka
+from flows.outputs import JsonLinesSink, kafka_rows
 
 
 def parse_outputs(spec: str, settings: Any) -> dict[str, Sink]:
@@ -31,7 +31,7 @@ def parse_outputs(spec: str, settings: Any) -> dict[str, Sink]:
         elif kind == "jsonl" and arg:
             sinks["jsonl"] = JsonLinesSink(arg)
         elif kind == "kafka" and arg:
-            sinks[f"kafka_{arg}"] = RowSink(kafka_row_sink(settings, arg), f"kafka_{arg}", encode=to_kafka)
+            sinks[f"kafka_{arg}"] = kafka_rows(settings, arg, f"kafka_{arg}")
         else:
             raise ValueError(f"unknown output {part!r}: use stdout, jsonl:DIR or kafka:TOPIC")
     return sinks

@@ -1,11 +1,12 @@
 """What the flow does to each record, in plain Python (no Bytewax here, so every step is testable alone).
 
-Two steps, split where the flow batches:
+Two steps, both run by the flow's one processing operator for each batch the source hands over:
 
 1. :meth:`Stages.admit`, per record: decode the wire record → validate with the registry → correct the clock →
-   PII (hash/drop/strip IPs) → geo from the raw IP. The raw IP exists only inside this call: what leaves it, and
-   so what Bytewax may snapshot into its recovery store while batching, is already PII-free.
-2. :meth:`Stages.finish`, per batch: plan tiers in one look-up, user agent, and the output row.
+   PII (hash/drop/strip IPs) → geo from the raw IP. The raw IP exists only inside this call: what leaves it is
+   already PII-free.
+2. :meth:`Stages.finish`, per batch: plan tiers in one look-up, user agent, and the output row (the partial row is
+   filled in place: it is built in column order for that).
 
 Anything wrong with a record becomes a :class:`DeadLetter` (stage, reasons, source coordinates, the original
 bytes for replay); neither method raises because of an event.
@@ -20,7 +21,8 @@ from typing import Any, Iterable
 
 import orjson
 
-from enrichers.context import EventTime, event_time, user_agent_cache_stats, user_agent_info
+from enrichers.context import (EventTime, correct_timestamp, parse_time, user_agent_cache_stats,
+                               user_agent_info)
 from enrichers.geo import GeoEnricher
 from enrichers.metrics import CacheCounter
 from enrichers.pii import MissingSaltError, PiiHasher, mask_ip
@@ -39,6 +41,10 @@ ROW_COLUMNS = (
     "ip_truncated", "plan_tier", "browser", "os", "device_class", "properties", "context", "consent",
     "source", "schema_version", "clock_skew_seconds", "kafka_topic", "kafka_partition", "kafka_offset",
 )
+
+#: Where a partial row carries the gateway's user agent until finish() has used it (never an output column).
+_GATEWAY_UA = "_gateway_user_agent"
+_AGENT_MEMO_SIZE = 10_000
 
 
 @dataclass
@@ -104,6 +110,7 @@ class Stages:
         self.keep_truncated_ip = ip_handling == "truncate"
         self.max_skew = max_skew
         self._ua_metrics = CacheCounter("user_agent")
+        self._agents: dict[tuple, Any] = {}
 
     @classmethod
     def from_settings(cls, settings: Any, registry: Any, **plan_tier_options: Any) -> Stages:
@@ -117,8 +124,9 @@ class Stages:
     # --- step 1: per record ----------------------------------------------------------------
     def admit(self, msg: Any) -> dict[str, Any] | DeadLetter:
         """One consumed message (``.value``, ``.key``, ``.topic``, ``.partition``, ``.offset``) → a PII-free
-        partial row, or a dead letter."""
-        STAGES.inc("source", "in")
+        partial row (the output row's columns in order, enrichment columns still empty, plus the gateway's
+        user agent at the end for :meth:`finish`), or a dead letter. The caller counts records in
+        (``analytics_flow_events{stage="source",result="in"}``) per batch: a labelled counter costs microseconds."""
         where = (getattr(msg, "topic", None), getattr(msg, "partition", None), getattr(msg, "offset", None))
 
         def dead(stage: str, reasons: list[dict[str, str]], event: dict | None = None) -> DeadLetter:
@@ -138,10 +146,13 @@ class Stages:
         issues = self.registry.validate(event)
         if issues:
             return dead("validate", [_reason(i.path, i.message) for i in issues], event)
-        when = event_time(event, record.received_at, record.sent_at, self.max_skew)
-        if when is None:
+        # event_time() spelled out, so that the parsed receive time serves the row as well
+        timestamp, received = parse_time(event.get("timestamp")), parse_time(record.received_at)
+        if timestamp is None or received is None:
             return dead("time", [_reason("received_at", "gateway receive time is not an RFC 3339 timestamp")],
                         event)
+        sent = parse_time(event.get("sent_at")) or parse_time(record.sent_at)
+        when = correct_timestamp(timestamp, sent, received, self.max_skew)
         try:
             protected = self.pii.protect(event, when.event_date, record.client_ip)
         except MissingSaltError as exc:
@@ -150,25 +161,26 @@ class Stages:
         masked = None
         if self.keep_truncated_ip and protected.ip:
             masked = mask_ip(protected.ip)
-        return self._partial(protected.event, record, when, protected.salt_id, protected.salt_id_prev,
+        return self._partial(protected.event, record, when, received, protected.salt_id, protected.salt_id_prev,
                              geo, masked, where)
 
-    def _partial(self, event: dict[str, Any], record: Any, when: EventTime, salt_id: str,
+    def _partial(self, event: dict[str, Any], record: Any, when: EventTime, received: dt.datetime, salt_id: str,
                  salt_id_prev: str | None, geo: dict[str, Any], masked: str | None,
                  where: tuple[Any, Any, Any]) -> dict[str, Any]:
         name = event["event"]
-        context = event.get("context") or {}
+        # Laid out in ROW_COLUMNS order, so finish() fills it in place instead of building a second dict.
         return {
             "event_id": event["event_id"], "event": name, "event_date": when.event_date,
-            "timestamp": when.timestamp, "received_at": record.received_at,
+            "timestamp": when.timestamp, "received_at": received,
             "user_id": event.get("user_id"), "anonymous_id": event.get("anonymous_id"),
             "device_id": event.get("device_id"), "pii_salt_id": salt_id, "pii_salt_id_prev": salt_id_prev,
-            **geo, "ip_truncated": masked,
-            "properties": event.get("properties") or {}, "context": context, "consent": event.get("consent"),
-            "gateway_user_agent": record.user_agent, "source": record.source,
+            **geo, "ip_truncated": masked, "plan_tier": None, "browser": None, "os": None, "device_class": None,
+            "properties": event.get("properties") or {}, "context": event.get("context") or {},
+            "consent": event.get("consent"), "source": record.source,
             "schema_version": self.registry.version(name) if name in self.registry else None,
             "clock_skew_seconds": when.skew_seconds,
             "kafka_topic": where[0], "kafka_partition": where[1], "kafka_offset": where[2],
+            _GATEWAY_UA: record.user_agent,
         }
 
     # --- step 2: per batch -------------------------------------------------------------------
@@ -195,18 +207,34 @@ class Stages:
         self._ua_metrics.publish_totals(*user_agent_cache_stats())
         return out
 
+    def _user_agent(self, context: dict[str, Any], gateway_user_agent: str | None) -> Any:
+        # user_agent_info() reads only these three values; a device sends the same ones with every event.
+        device = context.get("device")
+        key = (context.get("user_agent"), gateway_user_agent,
+               (device.get("type"), device.get("os")) if isinstance(device, dict) else None)
+        try:
+            return self._agents[key]
+        except KeyError:
+            pass
+        except TypeError:  # an unhashable value where a string belongs: skip the memo
+            return user_agent_info({"context": context}, gateway_user_agent)
+        agent = user_agent_info({"context": context}, gateway_user_agent)
+        if len(self._agents) >= _AGENT_MEMO_SIZE:
+            self._agents.clear()
+        self._agents[key] = agent
+        return agent
+
     def _row(self, partial: dict[str, Any], tiers: dict[str | None, str]) -> dict[str, Any]:
-        partial = dict(partial)
-        context = dict(partial["context"])
-        agent = user_agent_info({"context": context}, partial.pop("gateway_user_agent"))
-        context.pop("ip", None)  # already removed by the PII step; kept here so the column is IP-free regardless
-        consent = partial["consent"]
-        partial.update(
-            plan_tier=tiers.get(partial["user_id"], "unknown"),
-            browser=agent.browser, os=agent.os, device_class=agent.device_class,
-            received_at=dt.datetime.fromisoformat(partial["received_at"]).astimezone(dt.timezone.utc),
-            properties=orjson.dumps(partial["properties"]).decode(),
-            context=orjson.dumps(context).decode(),
-            consent=orjson.dumps(consent).decode() if consent is not None else None,
-        )
-        return {column: partial.get(column) for column in ROW_COLUMNS}
+        # The partial is this flow's own (nothing else holds it), so it becomes the row in place.
+        row = partial
+        context = row["context"]
+        if "ip" in context:  # already removed by the PII step; checked here so the column is IP-free regardless
+            context = {k: v for k, v in context.items() if k != "ip"}
+        agent = self._user_agent(context, row.pop(_GATEWAY_UA))
+        consent = row["consent"]
+        row["plan_tier"] = tiers.get(row["user_id"], "unknown")
+        row["browser"], row["os"], row["device_class"] = agent.browser, agent.os, agent.device_class
+        row["properties"] = orjson.dumps(row["properties"]).decode()
+        row["context"] = orjson.dumps(context).decode()
+        row["consent"] = orjson.dumps(consent).decode() if consent is not None else None
+        return row

@@ -127,3 +127,19 @@ def test_unknown_event_name_still_applies_envelope_marks(registry):
     hasher = PiiHasher(parse_pii_salts(salts_env(), 14), registry.pii_fields)
     out = hasher.protect({"event": "not_registered", "context": {"ip": "81.2.69.1"}}, DEC)
     assert "ip" not in out.event["context"] and out.ips == ["81.2.69.1"]
+
+
+def test_plain_paths_take_the_single_copy_walk_with_the_same_result(registry):
+    from enrichers.pii import _action, _apply
+
+    hasher = PiiHasher(parse_pii_salts(salts_env(), 14), registry.pii_fields)
+    event = identify_event()
+    plan = hasher._plans("identify")
+    assert plan.flat is not None  # the catalogue's marks are all plain object paths
+    primary, previous = hasher.salts_on(JAN_OVERLAP)
+    general, ips = dict(event), []
+    for segments, mark in plan.steps:
+        _apply(general, segments, _action(mark, primary, previous, ips))
+    out = hasher.protect(event, JAN_OVERLAP)
+    assert out.event == general and out.ips == ips
+    assert event == identify_event() | {"event_id": event["event_id"]}  # the input is untouched

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from flows.cli import add_parser, flow_command
-from flows.outputs import JsonLinesSink, RowSink, read_json_lines
+from flows.outputs import JsonLinesSink, KafkaRowSink, read_json_lines
 from flows.run import parse_outputs
 from flows.stages import DeadLetter, decode_dead_letter
 from tests.flowkit import make_settings
@@ -51,7 +51,7 @@ def test_parse_outputs(tmp_path):
     settings = make_settings(tmp_path)
     sinks = parse_outputs(f"stdout, jsonl:{tmp_path}/rows, kafka:rows.topic", settings)
     assert set(sinks) == {"stdout", "jsonl", "kafka_rows.topic"}
-    assert isinstance(sinks["jsonl"], JsonLinesSink) and isinstance(sinks["kafka_rows.topic"], RowSink)
+    assert isinstance(sinks["jsonl"], JsonLinesSink) and isinstance(sinks["kafka_rows.topic"], KafkaRowSink)
     with pytest.raises(ValueError, match="unknown output"):
         parse_outputs("s3:bucket", settings)
 
