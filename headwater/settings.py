@@ -189,6 +189,12 @@ SECRET_FIELDS = {
 }
 
 
+_CHOICES = {
+    "log_level": ("DEBUG", "INFO", "WARNING", "ERROR"),
+    "kafka_security_protocol": ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+}
+
+
 class Settings(BaseModel):
     """Every setting of every Headwater process. Field ``x`` is ``HEADWATER_X`` in the environment."""
 
@@ -253,6 +259,14 @@ class Settings(BaseModel):
     tls_key_file: Path | None = None
     gateway_id: str | None = Field(None, description="written into every raw record; default gw-<hostname>")
     gateway_dark_mode: bool = Field(False, description="validate, count and audit, publish nothing")
+    gateway_edge_proxy_enabled: bool = Field(True, description="tell clients to send to this edge at all")
+    gateway_rollout_percent: int = Field(100, ge=0, le=100, description="share of devices told to send here")
+    gateway_rollout_salt: str = Field("edge-proxy", min_length=1, max_length=64,
+                                      description="hash salt choosing the rollout's devices; change it per rollout")
+    gateway_flags_file: Path | None = Field(
+        None, description="TOML of edge_proxy_enabled/dark_mode/rollout_percent, re-read when it changes; "
+                          "default <data_dir>/gateway/flags.toml")
+    gateway_flags_check_seconds: float = Field(1.0, gt=0, le=300, description="how often the flags file is checked")
     gateway_require_signature: bool | None = Field(
         None, description="unset = signatures required exactly when hmac_keys is set")
     gateway_max_inflight_requests: int = Field(256, ge=1, description="per worker; beyond it requests get 429")
@@ -261,6 +275,8 @@ class Settings(BaseModel):
     gateway_delivery_timeout_ms: int = Field(5000, ge=100, description="Kafka ack wait before spooling a batch")
     gateway_optout_refresh_seconds: float = Field(5.0, gt=0, description="opt-out registry reload interval")
     gateway_trust_forwarded_for: bool = Field(False, description="take the client IP from X-Forwarded-For")
+    segment_max_batch_events: int = Field(
+        500, ge=1, le=2500, description="most messages per Segment /v1/batch request (SDKs send up to 100)")
     audit_hash_key: Secret | None = Field(
         None, description="base64 key for the salted payload hash of rejected events; generated once when unset")
 
@@ -277,21 +293,13 @@ class Settings(BaseModel):
     geoip_cache_size: int = Field(100_000, ge=0, description="LRU entries of geo look-ups")
     clock_skew_max_seconds: int = Field(172_800, ge=0, description="largest client clock correction applied")
 
-    @field_validator("log_level")
+    @field_validator("log_level", "kafka_security_protocol")
     @classmethod
-    def _level(cls, v: str) -> str:
-        v = v.upper()
-        if v not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
-            raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
-        return v
-
-    @field_validator("kafka_security_protocol")
-    @classmethod
-    def _protocol(cls, v: str) -> str:
-        v = v.upper()
-        if v not in {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}:
-            raise ValueError("must be PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
-        return v
+    def _upper_choice(cls, v: str, info) -> str:
+        allowed = _CHOICES[info.field_name]
+        if v.upper() not in allowed:
+            raise ValueError("must be " + ", ".join(allowed[:-1]) + " or " + allowed[-1])
+        return v.upper()
 
     @field_validator("kafka_brokers")
     @classmethod

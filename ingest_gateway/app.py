@@ -1,6 +1,7 @@
 """The gateway's Starlette application: :func:`create_app` builds it from the settings.
 
-Routes: ``POST /analytics/collect`` (see :mod:`ingest_gateway.collect`), ``GET /analytics/config``,
+Routes: ``POST /analytics/collect`` (see :mod:`ingest_gateway.collect`), the Segment-compatible
+``POST /v1/batch|track|identify|page|screen|group|alias`` (see :mod:`ingest_gateway.segment`), ``GET /analytics/config``,
 ``POST|DELETE|GET /analytics/optout/{subject_id}`` (admin, bearer token), ``GET /healthz``, ``GET /readyz``,
 ``GET /metrics``, ``GET /openapi.json``. Clients (Kafka, Redis, the SQL store, the spool) are opened in the
 lifespan, once per worker process.
@@ -24,8 +25,11 @@ from ingest_gateway.consent import MAX_SUBJECT_ID
 from ingest_gateway.gateway import Gateway
 from ingest_gateway.logs import configure_logging
 from ingest_gateway.metrics import CONTENT_TYPE_LATEST
+from ingest_gateway.signing import HEADER_DEVICE, MAX_DEVICE_ID
 from ingest_gateway.openapi import openapi_document
 from ingest_gateway.options import GatewayOptions
+from ingest_gateway.rollout import rollout_bucket
+from ingest_gateway.segment import segment_call
 from schemas.registry import SchemaRegistry
 
 
@@ -57,11 +61,15 @@ async def metrics(request: Request) -> Response:
 
 
 async def client_config(request: Request) -> Response:
+    """What a client should do. With ``?device_id=`` (or ``X-Headwater-Device``) the answer is for that device:
+    ``enabled`` says whether it is in the rollout and should send to this edge."""
     gw = _gateway(request)
-    s = gw.settings
-    return _json({
-        "mode": "dark" if gw.dark else "live",
-        "rollout_percent": int(getattr(s, "gateway_rollout_percent", 100)),
+    s, o = gw.settings, gw.options
+    flags = gw.flags.current()
+    doc = {
+        "mode": "dark" if flags.dark_mode else "live",
+        "edge_proxy_enabled": flags.edge_proxy_enabled,
+        "rollout_percent": flags.rollout_percent,
         "max_batch_events": s.max_batch_events,
         "max_body_bytes": s.max_body_bytes,
         "max_decompressed_bytes": s.max_decompressed_bytes,
@@ -69,7 +77,20 @@ async def client_config(request: Request) -> Response:
         "content_encodings": ["gzip", "deflate", "identity"],
         "signature": {"required": gw.require_signature, "skew_seconds": s.signature_skew_seconds},
         "schemas": {name: gw.registry.version(name) for name in gw.registry.events},
-    })
+    }
+    device = request.query_params.get("device_id") or request.headers.get(HEADER_DEVICE)
+    if device is not None:
+        if not device or len(device) > MAX_DEVICE_ID:
+            return error_response(400, "invalid_device_id", f"device_id must be 1-{MAX_DEVICE_ID} characters", None)
+        doc["device_id"] = device
+        doc["rollout_bucket"] = rollout_bucket(device, o.rollout_salt)
+        doc["enabled"] = flags.enabled_for(device, o.rollout_salt)
+    else:
+        doc["enabled"] = flags.edge_proxy_enabled and flags.rollout_percent == 100
+    response = _json(doc)
+    # Short-lived: a flag change reaches clients within a minute, without a thundering herd of polls.
+    response.headers["Cache-Control"] = "private, max-age=30"
+    return response
 
 
 async def openapi(request: Request) -> Response:
@@ -132,6 +153,7 @@ def create_app(settings: Settings, *, options: GatewayOptions | None = None,
 
     app = Starlette(routes=[
         Route("/analytics/collect", collect, methods=["POST"]),
+        Route("/v1/{call}", segment_call, methods=["POST"]),
         Route("/analytics/config", client_config, methods=["GET"]),
         Route("/analytics/optout/{subject_id:path}", optout, methods=["GET", "POST", "DELETE"]),
         Route("/healthz", healthz, methods=["GET"]),

@@ -82,10 +82,12 @@ class RejectedEvent:
 
     @classmethod
     def build(cls, event: Any, reasons: list[str], *, key: bytes, received_at: str, gateway_id: str,
-              request_id: str | None, source: str = "native") -> "RejectedEvent":
+              request_id: str | None, source: str = "native", payload: Any = None) -> "RejectedEvent":
+        """:param payload: what the client sent, when ``event`` is a translation of it (hashed instead)"""
         fields = event if isinstance(event, dict) else {}
+        hashed = event if payload is None else payload
         return cls(event_id=_shaped(fields.get("event_id"), _UUID), event_name=_shaped(fields.get("event"), _NAME),
-                   reasons=reasons, received_at=received_at, payload_hash=payload_hash(key, event),
+                   reasons=reasons, received_at=received_at, payload_hash=payload_hash(key, hashed),
                    gateway_id=gateway_id, request_id=request_id, source=source)
 
     def encode(self) -> bytes:

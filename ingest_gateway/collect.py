@@ -8,7 +8,6 @@ answer lists each rejected event with its reasons.
 """
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import logging
 import time
@@ -20,26 +19,17 @@ from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ingest_gateway.audit import RejectedEvent
 from ingest_gateway.body import BodyError, inflate, oversized_events, parse_batch, read_body
-from ingest_gateway.consent import event_denies_consent
 from ingest_gateway.dedup import IdempotencyCache, IdempotencyError, StoredResponse
 from ingest_gateway.gateway import Gateway
+from ingest_gateway.ingest import RequestRefused, ingest, now_rfc3339
 from ingest_gateway.logs import request_id_var
-from ingest_gateway.producer import Message, SpoolFull
 from ingest_gateway.signing import HEADER_DEVICE, SignatureError
-from schemas.wire import RawRecord
 
 log = logging.getLogger("headwater.gateway.collect")
 ROUTE = "/analytics/collect"
 
-
-class RequestRefused(Exception):
-    """The whole request is refused with ``status`` and a machine-readable ``code``."""
-
-    def __init__(self, status: int, code: str, message: str, retry_after: int | None = None):
-        self.status, self.code, self.message, self.retry_after = status, code, message, retry_after
-        super().__init__(f"{code}: {message}")
+__all__ = ["RequestRefused", "collect", "error_response"]
 
 
 def error_response(status: int, code: str, message: str, request_id: str | None,
@@ -47,22 +37,6 @@ def error_response(status: int, code: str, message: str, request_id: str | None,
     headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
     body = orjson.dumps({"error": {"code": code, "message": message}, "request_id": request_id})
     return Response(body, status, headers=headers, media_type="application/json")
-
-
-def _now_rfc3339() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def _client_ip(request: Request, trust_forwarded: bool) -> str | None:
-    if trust_forwarded:
-        forwarded = request.headers.get("x-forwarded-for")
-        if forwarded:
-            return forwarded.split(",", 1)[0].strip() or None
-    return request.client.host if request.client else None
-
-
-def _format_issues(issues) -> list[str]:
-    return [f"{i.path}: {i.message}" if i.path else f"(event): {i.message}" for i in issues]
 
 
 async def collect(request: Request) -> Response:
@@ -150,7 +124,7 @@ async def _forget(gw: Gateway, cache_key: str) -> None:
 
 async def _process(gw: Gateway, request: Request, request_id: str, data: bytes,
                    device: str | None, signature: str | None) -> Response:
-    settings, options, metrics, registry = gw.settings, gw.options, gw.metrics, gw.registry
+    settings, options = gw.settings, gw.options
     if signature is not None:
         try:
             await gw.verifier.check_replay(signature)
@@ -165,113 +139,17 @@ async def _process(gw: Gateway, request: Request, request_id: str, data: bytes,
     except BodyError as exc:
         raise RequestRefused(exc.status, exc.code, exc.message) from None
 
-    received_at = _now_rfc3339()
-    events = batch.events
-    no_consent = 0
-    valid: list[dict[str, Any]] = []
-    rejected: list[tuple[int, Any, list[str]]] = []
-    if not batch.analytics_consent:
-        no_consent = len(events)
-    else:
-        oversized = oversized_events(batch, settings.max_event_bytes)
-        optouts = gw.optouts
-        validate = registry.validate
-        for index, event in enumerate(events):
-            if oversized and index in oversized:
-                rejected.append((index, event, [f"(event): {oversized[index]} bytes is over the limit of "
-                                                f"{settings.max_event_bytes} bytes per event"]))
-                continue
-            if type(event) is dict and (event_denies_consent(event) or optouts.blocks(event)):
-                no_consent += 1
-                continue
-            issues = validate(event)
-            if issues:
-                name = event.get("event") if type(event) is dict else None
-                metrics.schema_failures.labels(name if name in registry else "unknown").inc()
-                rejected.append((index, event, _format_issues(issues)))
-                continue
-            if device is not None and signature is not None and event.get("device_id", device) != device:
-                rejected.append((index, event, ["device_id: does not match the signing device (X-Headwater-Device)"]))
-                continue
-            valid.append(event)
-
-    duplicates = 0
-    fresh = valid
-    if valid and not gw.dark:
-        ids = [e["event_id"] for e in valid]
-        try:
-            first = await gw.dedup.claim(ids)
-        except RedisError as exc:  # fail open: downstream sinks are idempotent on event_id
-            metrics.dependency_errors.labels("redis").inc()
-            log.warning("event-id dedup unavailable, accepting without it: %s", exc)
-            first = [True] * len(ids)
-        if not all(first):
-            fresh = [e for e, is_first in zip(valid, first) if is_first]
-            duplicates = len(valid) - len(fresh)
-
-    records = [RejectedEvent.build(event, reasons, key=gw.audit_key, received_at=received_at,
-                                   gateway_id=options.gateway_id, request_id=request_id)
-               for _, event, reasons in rejected]
-    if not gw.dark:
-        client_ip = _client_ip(request, options.trust_forwarded_for)
-        user_agent = request.headers.get("user-agent")
-        raw_topic, rejected_topic = settings.kafka_topic_raw, settings.kafka_topic_rejected
-        version = registry.version
-        messages = []
-        for event in fresh:
-            record = RawRecord(event=event, received_at=received_at, gateway_id=options.gateway_id,
-                               source="native", sent_at=batch.sent_at, client_ip=client_ip,
-                               user_agent=user_agent, schema_version=version(event["event"]))
-            messages.append(Message(raw_topic, record.key, record.encode(), record.headers()))
-        for r in records:
-            messages.append(Message(rejected_topic, (r.event_id or "").encode() or None, r.encode(), r.headers()))
-        fresh_ids = [e["event_id"] for e in fresh]
-        try:
-            route = await gw.publisher.publish(messages)
-        except SpoolFull as exc:
-            await _release(gw, fresh_ids)
-            metrics.backpressure.labels("spool_full").inc()
-            raise RequestRefused(503, "unavailable", f"Kafka is unavailable and the spool is full ({exc})",
-                                 options.retry_after_seconds) from None
-        except BaseException:
-            await _release(gw, fresh_ids)
-            raise
-        if route == "spool":
-            metrics.spooled.inc()
-        if fresh_ids:
-            try:
-                await gw.dedup.confirm(fresh_ids)
-            except RedisError:
-                metrics.dependency_errors.labels("redis").inc()
-
-    if records:
-        try:
-            await gw.audit.record(records)
-        except Exception as exc:  # the rejected topic still has them; the request itself is fine
-            metrics.dependency_errors.labels("sql").inc()
-            log.error("could not write %d rejection(s) to the audit table: %s", len(records), exc)
-
-    accepted = 0 if gw.dark else len(fresh)
-    metrics.count("accepted", accepted)
-    metrics.count("dark", len(fresh) if gw.dark else 0)
-    metrics.count("duplicate", duplicates)
-    metrics.count("no_consent", no_consent)
-    metrics.count("rejected", len(rejected))
+    limit = settings.max_event_bytes
+    refused = {index: [f"(event): {size} bytes is over the limit of {limit} bytes per event"]
+               for index, size in oversized_events(batch, limit).items()}
+    outcome = await ingest(gw, request, request_id, batch.events, source="native", received_at=now_rfc3339(),
+                           sent_at=batch.sent_at, consent=batch.analytics_consent, refused=refused,
+                           device=device, signature=signature)
     answer: dict[str, Any] = {
-        "accepted": accepted, "duplicates": duplicates, "no_consent": no_consent,
-        "rejected": [{"index": i, "event_id": r.event_id, "errors": reasons}
-                     for (i, _, reasons), r in zip(rejected, records)],
+        "accepted": outcome.accepted, "duplicates": outcome.duplicates, "no_consent": outcome.no_consent,
+        "rejected": [{"index": i, "event_id": event_id, "errors": reasons}
+                     for i, event_id, reasons in outcome.rejected],
     }
-    if gw.dark:
-        answer["dark"] = len(fresh)
-    log.info("collect", extra={"events": len(events), "accepted": accepted, "rejected": len(rejected),
-                               "duplicates": duplicates, "no_consent": no_consent, "device": device,
-                               "dark": gw.dark})
+    if outcome.dark_mode:
+        answer["dark"] = outcome.dark
     return Response(orjson.dumps(answer), 200, media_type="application/json")
-
-
-async def _release(gw: Gateway, event_ids: list[str]) -> None:
-    try:
-        await gw.dedup.release(event_ids)
-    except RedisError:
-        gw.metrics.dependency_errors.labels("redis").inc()

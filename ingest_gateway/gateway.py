@@ -19,6 +19,7 @@ from ingest_gateway.kv import MemoryKV, RedisKV
 from ingest_gateway.metrics import GatewayMetrics
 from ingest_gateway.options import GatewayOptions, deployment_key
 from ingest_gateway.producer import Publisher
+from ingest_gateway.rollout import Flags, FlagSource
 from ingest_gateway.signing import SignatureVerifier
 from ingest_gateway.spool import open_free_spool
 from ingest_gateway.sqlstore import SqlStore
@@ -41,7 +42,11 @@ class Gateway:
         self.registry = registry
         self.signing_keys: dict[str, bytes] = dict(_reveal(settings.hmac_keys) or {})
         self.require_signature = self.options.signature_required(bool(self.signing_keys))
+        self.write_keys: tuple[bytes, ...] = tuple(k.encode() for k in (_reveal(settings.write_keys) or ()))
         self.inflight = 0
+        o = self.options
+        self.flags = FlagSource(Flags(edge_proxy_enabled=o.edge_proxy_enabled, dark_mode=o.dark_mode,
+                                      rollout_percent=o.rollout_percent), o.flags_file, o.flags_check_seconds)
         self.publisher: Publisher | None = None
         self.metrics = GatewayMetrics(lambda: self.publisher.spool.pending_bytes if self.publisher else 0)
         self.kv: MemoryKV | RedisKV | None = None
@@ -56,7 +61,8 @@ class Gateway:
 
     @property
     def dark(self) -> bool:
-        return self.options.dark_mode
+        """Dark mode as the flags say now (the flags file may change it while we run)."""
+        return self.flags.current().dark_mode
 
     async def open(self) -> None:
         s, o = self.settings, self.options
@@ -82,7 +88,7 @@ class Gateway:
         spool = await asyncio.to_thread(open_free_spool, o.spool_dir, o.spool_max_bytes)
         self.publisher = Publisher(s.kafka_config(), spool, o.delivery_timeout_ms)
         self.publisher.start()
-        log.info("gateway open", extra={"gateway_id": o.gateway_id, "mode": "dark" if o.dark_mode else "live",
+        log.info("gateway open", extra={"gateway_id": o.gateway_id, "mode": "dark" if self.dark else "live",
                                         "spool": str(spool.directory), "spooled_batches": len(spool),
                                         "store": self.store.dialect, "schemas": len(self.registry.events)})
 

@@ -15,6 +15,47 @@ def _retry(description: str) -> dict[str, Any]:
     return out
 
 
+def _segment_paths(settings: Any) -> dict[str, Any]:
+    """``/v1/batch`` and one path per single call (Segment's Tracking API)."""
+    responses = {
+        "200": {"description": "the batch is durable; rejected messages are listed with their reasons",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SegmentResponse"}}}},
+        "400": _segment_error("malformed request: invalid_body, malformed_json, invalid_utf8, empty_batch, "
+                              "compression_invalid, bad_content_length"),
+        "401": _segment_error("unauthorized: missing or unknown write key"),
+        "403": _segment_error("segment_disabled: no write keys are configured"),
+        "413": _segment_error("body_too_large, decompressed_too_large, too_many_events"),
+        "415": _segment_error("unsupported_encoding"),
+        "429": _segment_error("overloaded", retry=True),
+        "503": _segment_error("unavailable: Kafka is down and the spool is full", retry=True),
+    }
+    encoding = [{"name": "Content-Encoding", "in": "header", "required": False,
+                 "schema": {"type": "string", "enum": ["gzip", "deflate", "identity"]}}]
+    security = [{"writeKeyAuth": []}, {}]  # {}: the write key may come as writeKey in the body instead
+    paths = {"/v1/batch": {"post": {
+        "operationId": "segmentBatch", "summary": "Segment-compatible batch of calls", "security": security,
+        "parameters": encoding,
+        "requestBody": {"required": True, "content": {"application/json": {
+            "schema": {"$ref": "#/components/schemas/SegmentBatch"}}}},
+        "responses": responses}}}
+    for call in ("track", "identify", "page", "screen", "group", "alias"):
+        paths[f"/v1/{call}"] = {"post": {
+            "operationId": f"segment{call.title()}", "summary": f"Segment-compatible {call} call",
+            "security": security, "parameters": encoding,
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": {"$ref": "#/components/schemas/SegmentMessage"}}}},
+            "responses": responses}}
+    return paths
+
+
+def _segment_error(description: str, retry: bool = False) -> dict[str, Any]:
+    out = {"description": description,
+           "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SegmentError"}}}}
+    if retry:
+        out["headers"] = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds to wait"}}
+    return out
+
+
 def openapi_document(settings: Any, event_names: list[str]) -> dict[str, Any]:
     """:param settings: for the limits quoted in the document; :param event_names: the registered events"""
     admin = [{"bearerAuth": []}]
@@ -58,10 +99,15 @@ def openapi_document(settings: Any, event_names: list[str]) -> dict[str, Any]:
                     "429": _retry("overloaded: too many requests in flight"),
                     "503": _retry("unavailable: Kafka is down and the spool is full; dependency_unavailable"),
                 }}},
+            **_segment_paths(settings),
             "/analytics/config": {"get": {
                 "operationId": "config", "summary": "What a client should do: mode, limits, rollout",
+                "parameters": [{"name": "device_id", "in": "query", "required": False,
+                                "schema": {"type": "string", "minLength": 1, "maxLength": 128},
+                                "description": "answer for this device: is it in the rollout (enabled)?"}],
                 "responses": {"200": {"description": "client configuration", "content": {"application/json": {
-                    "schema": {"$ref": "#/components/schemas/ClientConfig"}}}}}}},
+                    "schema": {"$ref": "#/components/schemas/ClientConfig"}}}},
+                    "400": _error("invalid_device_id")}}},
             "/analytics/optout/{subject_id}": {
                 "parameters": [subject],
                 "get": {"operationId": "getOptOut", "security": admin, "summary": "Is this subject opted out?",
@@ -90,7 +136,9 @@ def openapi_document(settings: Any, event_names: list[str]) -> dict[str, Any]:
         },
         "components": {
             "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer",
-                                               "description": "the gateway's admin_token"}},
+                                               "description": "the gateway's admin_token"},
+                                "writeKeyAuth": {"type": "http", "scheme": "basic",
+                                                 "description": "user name = a write key, empty password"}},
             "schemas": {
                 "Error": {"type": "object", "required": ["error"], "properties": {
                     "error": {"type": "object", "required": ["code", "message"],
@@ -123,8 +171,36 @@ def openapi_document(settings: Any, event_names: list[str]) -> dict[str, Any]:
                                                             "properties": {
                         "index": {"type": "integer"}, "event_id": {"type": ["string", "null"]},
                         "errors": {"type": "array", "items": {"type": "string"}}}}}}},
+                "SegmentMessage": {"type": "object", "description": "a Segment Tracking API call",
+                                   "properties": {
+                    "type": {"type": "string", "enum": ["track", "identify", "page", "screen", "group", "alias"]},
+                    "messageId": {"type": "string"}, "userId": {"type": ["string", "null"]},
+                    "anonymousId": {"type": ["string", "null"]}, "event": {"type": "string"},
+                    "name": {"type": "string"}, "timestamp": {"type": "string", "format": "date-time"},
+                    "properties": {"type": "object"}, "traits": {"type": "object"}, "context": {"type": "object"},
+                    "writeKey": {"type": "string"}}},
+                "SegmentBatch": {"type": "object", "required": ["batch"], "properties": {
+                    "batch": {"type": "array", "minItems": 1,
+                              "maxItems": getattr(settings, "segment_max_batch_events", 500),
+                              "items": {"$ref": "#/components/schemas/SegmentMessage"}},
+                    "sentAt": {"type": "string", "format": "date-time"}, "context": {"type": "object"},
+                    "writeKey": {"type": "string"}}},
+                "SegmentResponse": {"type": "object", "required": ["success"], "properties": {
+                    "success": {"type": "boolean", "const": True},
+                    "accepted": {"type": "integer", "minimum": 0}, "duplicates": {"type": "integer", "minimum": 0},
+                    "no_consent": {"type": "integer", "minimum": 0}, "dark": {"type": "integer", "minimum": 0},
+                    "rejected": {"type": "array", "items": {"type": "object", "properties": {
+                        "index": {"type": "integer"}, "event_id": {"type": ["string", "null"]},
+                        "message_id": {"type": ["string", "null"]},
+                        "errors": {"type": "array", "items": {"type": "string"}}}}}}},
+                "SegmentError": {"type": "object", "required": ["success", "code", "message"], "properties": {
+                    "success": {"type": "boolean", "const": False}, "code": {"type": "string"},
+                    "message": {"type": "string"}, "request_id": {"type": ["string", "null"]}}},
                 "ClientConfig": {"type": "object", "properties": {
                     "mode": {"type": "string", "enum": ["live", "dark"]},
+                    "edge_proxy_enabled": {"type": "boolean"},
+                    "enabled": {"type": "boolean", "description": "send to this edge (for the device asked about)"},
+                    "device_id": {"type": "string"}, "rollout_bucket": {"type": "integer", "minimum": 0, "maximum": 9999},
                     "rollout_percent": {"type": "integer", "minimum": 0, "maximum": 100},
                     "max_batch_events": {"type": "integer"}, "max_body_bytes": {"type": "integer"},
                     "max_decompressed_bytes": {"type": "integer"}, "max_event_bytes": {"type": "integer"},

@@ -6,7 +6,12 @@ override any of them through :meth:`GatewayOptions.from_settings`. The settings 
 =============================== ======== ============= ====================================================
 setting                         type     default       meaning
 =============================== ======== ============= ====================================================
-gateway_dark_mode               bool     False         validate, count and audit, publish nothing
+gateway_dark_mode               bool     False         validate, count and audit, publish nothing (flag)
+gateway_edge_proxy_enabled      bool     True          clients should send to the edge at all (flag)
+gateway_rollout_percent         int      100           share of devices told to send here (flag)
+gateway_rollout_salt            str      edge-proxy    salt of the device-id hash choosing the rollout
+gateway_flags_file              Path     (data dir)    flags file overriding the (flag) rows, see rollout.py
+gateway_flags_check_seconds     float    1.0           how often the flags file's mtime is checked
 gateway_id                      str      hostname      written into every raw record as ``gateway_id``
 gateway_require_signature       bool     None          None = required exactly when hmac_keys is non-empty
 gateway_max_inflight_requests   int      256           per worker; beyond it requests get 429
@@ -15,6 +20,7 @@ gateway_spool_max_bytes         int      1 GiB         disk spool bound per work
 gateway_delivery_timeout_ms     int      5000          how long Kafka may take to ack before spooling
 gateway_optout_refresh_seconds  float    5.0           how often the opt-out registry snapshot reloads
 gateway_trust_forwarded_for     bool     False         take the client IP from X-Forwarded-For
+segment_max_batch_events        int      500           most messages per Segment ``/v1/batch`` request
 audit_hash_key                  Secret   (generated)   base64 key of the salted payload hash in audits
 =============================== ======== ============= ====================================================
 """
@@ -30,6 +36,11 @@ from typing import Any
 
 _SETTING_NAMES = {
     "dark_mode": "gateway_dark_mode",
+    "edge_proxy_enabled": "gateway_edge_proxy_enabled",
+    "rollout_percent": "gateway_rollout_percent",
+    "rollout_salt": "gateway_rollout_salt",
+    "flags_file": "gateway_flags_file",
+    "flags_check_seconds": "gateway_flags_check_seconds",
     "gateway_id": "gateway_id",
     "require_signature": "gateway_require_signature",
     "max_inflight_requests": "gateway_max_inflight_requests",
@@ -38,6 +49,7 @@ _SETTING_NAMES = {
     "delivery_timeout_ms": "gateway_delivery_timeout_ms",
     "optout_refresh_seconds": "gateway_optout_refresh_seconds",
     "trust_forwarded_for": "gateway_trust_forwarded_for",
+    "segment_max_batch_events": "segment_max_batch_events",
     "audit_hash_key": "audit_hash_key",
 }
 
@@ -47,6 +59,11 @@ class GatewayOptions:
     """What the gateway needs beyond :class:`headwater.settings.Settings` (see the module docstring)."""
 
     dark_mode: bool = False
+    edge_proxy_enabled: bool = True
+    rollout_percent: int = 100
+    rollout_salt: str = "edge-proxy"
+    flags_file: Path | None = None
+    flags_check_seconds: float = 1.0
     gateway_id: str = ""
     require_signature: bool | None = None
     max_inflight_requests: int = 256
@@ -55,6 +72,7 @@ class GatewayOptions:
     delivery_timeout_ms: int = 5000
     optout_refresh_seconds: float = 5.0
     trust_forwarded_for: bool = False
+    segment_max_batch_events: int = 500
     audit_hash_key: bytes | None = None
     spool_dir: Path | None = None
     sqlite_path: Path | None = None
@@ -81,6 +99,8 @@ class GatewayOptions:
             opts = replace(opts, gateway_id=f"gw-{socket.gethostname()}")
         if opts.spool_dir is None:
             opts = replace(opts, spool_dir=data_dir / "gateway" / "spool")
+        if opts.flags_file is None:
+            opts = replace(opts, flags_file=data_dir / "gateway" / "flags.toml")
         if opts.sqlite_path is None:
             opts = replace(opts, sqlite_path=data_dir / "gateway" / "gateway.sqlite3")
         if isinstance(opts.audit_hash_key, str):

@@ -1,0 +1,186 @@
+"""What every ingest endpoint does with a batch once its body is parsed: the one path to Kafka.
+
+Per event: refusals found earlier (size, mapping) → consent → opt-out → schema → signing device; then
+event-id dedup → publish (Kafka or spool) → audit of rejections → metrics. The native endpoint
+(:mod:`ingest_gateway.collect`) and the Segment-compatible one (:mod:`ingest_gateway.segment`) differ only
+in how they read and authenticate a request and how they phrase the answer; both end here.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.exceptions import RedisError
+from starlette.requests import Request
+
+from ingest_gateway.audit import RejectedEvent
+from ingest_gateway.consent import event_denies_consent
+from ingest_gateway.gateway import Gateway
+from ingest_gateway.producer import Message, SpoolFull
+from schemas.wire import RawRecord
+
+log = logging.getLogger("headwater.gateway.ingest")
+
+
+class RequestRefused(Exception):
+    """The whole request is refused with ``status`` and a machine-readable ``code``."""
+
+    def __init__(self, status: int, code: str, message: str, retry_after: int | None = None):
+        self.status, self.code, self.message, self.retry_after = status, code, message, retry_after
+        super().__init__(f"{code}: {message}")
+
+
+@dataclass
+class Outcome:
+    """What happened to a batch. ``rejected`` holds ``(index, event_id, reasons)`` in request order."""
+
+    accepted: int = 0
+    duplicates: int = 0
+    no_consent: int = 0
+    dark: int = 0
+    dark_mode: bool = False
+    rejected: list[tuple[int, str | None, list[str]]] = field(default_factory=list)
+
+
+def now_rfc3339() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def client_ip(request: Request, trust_forwarded: bool) -> str | None:
+    if trust_forwarded:
+        forwarded = request.headers.get("x-forwarded-for")
+        if forwarded:
+            return forwarded.split(",", 1)[0].strip() or None
+    return request.client.host if request.client else None
+
+
+def _format_issues(issues) -> list[str]:
+    return [f"{i.path}: {i.message}" if i.path else f"(event): {i.message}" for i in issues]
+
+
+async def ingest(gw: Gateway, request: Request, request_id: str, events: list[Any], *, source: str,
+                 received_at: str, sent_at: str | None, consent: bool = True,
+                 refused: dict[int, list[str]] | None = None, payloads: list[Any] | None = None,
+                 device: str | None = None, signature: str | None = None) -> Outcome:
+    """Validate, de-duplicate, publish and audit one batch.
+
+    :param events: the events in our envelope (still unvalidated JSON values)
+    :param source: ``native`` or ``segment``, written into each raw record and audit record
+    :param consent: False when the whole batch lacks analytics consent (every event counts ``no_consent``)
+    :param refused: index -> reasons for events refused before validation (too large, not mappable)
+    :param payloads: what the client sent for each event, when it differs from ``events`` (the audit hash
+        is computed over it, so an operator can match the client's own copy)
+    :param device, signature: the signing device of a signed request; its events must carry that device
+    :raises RequestRefused: 503 when neither Kafka nor the spool can take the batch
+    """
+    settings, options, metrics, registry = gw.settings, gw.options, gw.metrics, gw.registry
+    dark = gw.dark
+    outcome = Outcome(dark_mode=dark)
+    valid: list[dict[str, Any]] = []
+    rejected: list[tuple[int, Any, list[str]]] = []
+    if not consent:
+        outcome.no_consent = len(events)
+    else:
+        optouts = gw.optouts
+        validate = registry.validate
+        for index, event in enumerate(events):
+            if refused and index in refused:
+                rejected.append((index, event, refused[index]))
+                continue
+            if type(event) is dict and (event_denies_consent(event) or optouts.blocks(event)):
+                outcome.no_consent += 1
+                continue
+            issues = validate(event)
+            if issues:
+                name = event.get("event") if type(event) is dict else None
+                metrics.schema_failures.labels(name if name in registry else "unknown").inc()
+                rejected.append((index, event, _format_issues(issues)))
+                continue
+            if device is not None and signature is not None and event.get("device_id", device) != device:
+                rejected.append((index, event, ["device_id: does not match the signing device (X-Headwater-Device)"]))
+                continue
+            valid.append(event)
+
+    fresh = valid
+    if valid and not dark:
+        ids = [e["event_id"] for e in valid]
+        try:
+            first = await gw.dedup.claim(ids)
+        except RedisError as exc:  # fail open: downstream sinks are idempotent on event_id
+            metrics.dependency_errors.labels("redis").inc()
+            log.warning("event-id dedup unavailable, accepting without it: %s", exc)
+            first = [True] * len(ids)
+        if not all(first):
+            fresh = [e for e, is_first in zip(valid, first) if is_first]
+            outcome.duplicates = len(valid) - len(fresh)
+
+    records = [RejectedEvent.build(event, reasons, key=gw.audit_key, received_at=received_at,
+                                   gateway_id=options.gateway_id, request_id=request_id, source=source,
+                                   payload=payloads[index] if payloads is not None else event)
+               for index, event, reasons in rejected]
+    if not dark:
+        await _publish(gw, request, fresh, records, source=source, received_at=received_at, sent_at=sent_at)
+
+    if records:
+        try:
+            await gw.audit.record(records)
+        except Exception as exc:  # the rejected topic still has them; the request itself is fine
+            metrics.dependency_errors.labels("sql").inc()
+            log.error("could not write %d rejection(s) to the audit table: %s", len(records), exc)
+
+    outcome.accepted = 0 if dark else len(fresh)
+    outcome.dark = len(fresh) if dark else 0
+    outcome.rejected = [(i, r.event_id, reasons) for (i, _, reasons), r in zip(rejected, records)]
+    metrics.count("accepted", outcome.accepted)
+    metrics.count("dark", outcome.dark)
+    metrics.count("duplicate", outcome.duplicates)
+    metrics.count("no_consent", outcome.no_consent)
+    metrics.count("rejected", len(rejected))
+    log.info("ingest", extra={"source": source, "events": len(events), "accepted": outcome.accepted,
+                              "rejected": len(rejected), "duplicates": outcome.duplicates,
+                              "no_consent": outcome.no_consent, "device": device, "dark": dark})
+    return outcome
+
+
+async def _publish(gw: Gateway, request: Request, fresh: list[dict[str, Any]], records: list[RejectedEvent], *,
+                   source: str, received_at: str, sent_at: str | None) -> None:
+    settings, options, metrics = gw.settings, gw.options, gw.metrics
+    ip = client_ip(request, options.trust_forwarded_for)
+    user_agent = request.headers.get("user-agent")
+    raw_topic, rejected_topic = settings.kafka_topic_raw, settings.kafka_topic_rejected
+    version = gw.registry.version
+    messages = []
+    for event in fresh:
+        record = RawRecord(event=event, received_at=received_at, gateway_id=options.gateway_id,
+                           source=source, sent_at=sent_at, client_ip=ip,
+                           user_agent=user_agent, schema_version=version(event["event"]))
+        messages.append(Message(raw_topic, record.key, record.encode(), record.headers()))
+    for r in records:
+        messages.append(Message(rejected_topic, (r.event_id or "").encode() or None, r.encode(), r.headers()))
+    fresh_ids = [e["event_id"] for e in fresh]
+    try:
+        route = await gw.publisher.publish(messages)
+    except SpoolFull as exc:
+        await _release(gw, fresh_ids)
+        metrics.backpressure.labels("spool_full").inc()
+        raise RequestRefused(503, "unavailable", f"Kafka is unavailable and the spool is full ({exc})",
+                             options.retry_after_seconds) from None
+    except BaseException:
+        await _release(gw, fresh_ids)
+        raise
+    if route == "spool":
+        metrics.spooled.inc()
+    if fresh_ids:
+        try:
+            await gw.dedup.confirm(fresh_ids)
+        except RedisError:
+            metrics.dependency_errors.labels("redis").inc()
+
+
+async def _release(gw: Gateway, event_ids: list[str]) -> None:
+    try:
+        await gw.dedup.release(event_ids)
+    except RedisError:
+        gw.metrics.dependency_errors.labels("redis").inc()
