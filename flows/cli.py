@@ -76,7 +76,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Run the dataflow: analytics.events.raw -> schema -> PII -> geo -> plan tier -> sinks, dead "
                     "letters to analytics.events.invalid. Settings come from HEADWATER_*; -w/-i/-a/-r/-s/-b are "
                     "Bytewax's own flags. With -r, the recovery store is initialised when the directory has none.")
-    p.add_argument("--output", default="stdout", help="stdout, jsonl:DIR or kafka:TOPIC, comma-separated")
+    p.add_argument("--output", default=None,
+                   help="lake[:URL], clickhouse, snowflake, all, stdout, jsonl:DIR or kafka:TOPIC, comma-separated "
+                        "(default: HEADWATER_FLOW_OUTPUTS, all)")
     p.add_argument("--raw-topic", default=None, help="input topic (default: settings)")
     p.add_argument("--invalid-topic", default=None, help="dead-letter topic (default: settings)")
     p.add_argument("--batch-size", type=int, default=None,

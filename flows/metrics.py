@@ -37,3 +37,9 @@ class StageCounters:
 
 
 STAGES = StageCounters()
+
+SINK_PENDING = Gauge(
+    "analytics_sink_pending_rows",
+    "Rows a sink has accepted from the flow but not yet written (held while it fails), per sink.",
+    ["sink"],
+)

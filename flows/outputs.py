@@ -67,6 +67,15 @@ def read_json_lines(directory: str | Path) -> list[dict]:
     return rows
 
 
+def report_written(lag: Any, rows: list[dict]) -> None:
+    """After a sink has committed ``rows``: count them and set its lag gauge child ``lag`` (now minus the newest
+    gateway receive time among them)."""
+    STAGES.inc("sink", "written", len(rows))
+    newest = max((r["received_at"] for r in rows if isinstance(r.get("received_at"), dt.datetime)), default=None)
+    if newest is not None:
+        lag.set((dt.datetime.now(dt.timezone.utc) - newest).total_seconds())
+
+
 class _RowSinkPartition(StatelessSinkPartition[dict]):
     def __init__(self, inner: Any, name: str, encode: Callable[[dict], Any] | None):
         self._inner = inner
@@ -75,11 +84,7 @@ class _RowSinkPartition(StatelessSinkPartition[dict]):
 
     def write_batch(self, items: list[dict]) -> None:
         self._inner.write_batch([self._encode(r) for r in items] if self._encode else items)
-        STAGES.inc("sink", "written", len(items))
-        newest = max((r["received_at"] for r in items if isinstance(r.get("received_at"), dt.datetime)),
-                     default=None)
-        if newest is not None:
-            self._lag.set((dt.datetime.now(dt.timezone.utc) - newest).total_seconds())
+        report_written(self._lag, items)
 
     def close(self) -> None:
         self._inner.close()
@@ -160,11 +165,7 @@ class _BufferedKafkaPartition(StatefulSinkPartition[Any, None]):
                 produce(topic, payload, key, headers=headers)
         self._producer.poll(0)
         if self._lag is not None:
-            STAGES.inc("sink", "written", len(values))
-            newest = max((r["received_at"] for r in values if isinstance(r.get("received_at"), dt.datetime)),
-                         default=None)
-            if newest is not None:
-                self._lag.set((dt.datetime.now(dt.timezone.utc) - newest).total_seconds())
+            report_written(self._lag, values)
 
     def snapshot(self) -> None:
         # Bytewax snapshots every stateful step at the end of an epoch and commits the epoch (and with it the

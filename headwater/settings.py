@@ -227,8 +227,8 @@ class Settings(BaseModel):
 
     # --- ClickHouse ----------------------------------------------------------------------
     clickhouse_url: str = Field(
-        "chdb:///var/chdb", description="clickhouse://host:9000/db, clickhouses:// for TLS, or chdb:///path"
-    )
+        "chdb://var/chdb",
+        description="clickhouse://host:9000/db, clickhouses:// for TLS, or embedded chdb:///abs/path, chdb://rel/path")
     clickhouse_user: str = "default"
     clickhouse_password: Secret | None = None
     clickhouse_secure: bool = Field(False, description="TLS on the native port (9440)")
@@ -285,6 +285,8 @@ class Settings(BaseModel):
     pii_salts: Secret = Field(default_factory=lambda: Secret([]), description="QUARTER:BASE64[:FROM:UNTIL],...")
     pii_salt_overlap_days: int = Field(14, ge=0, le=92)
     ip_handling: str = Field("truncate", description="after geo: 'drop' the IP or 'truncate' it to /24 and /48")
+    flow_outputs: str = Field("all", description="where rows go: lake[:URL], clickhouse, snowflake, all (the three), "
+                                                 "stdout, jsonl:DIR, kafka:TOPIC; comma-separated")
     flow_batch_size: int = Field(500, ge=1, description="most events per enrichment batch")
     flow_batch_timeout_ms: int = Field(500, ge=1, description="longest an event waits for its batch to fill")
     plan_tier_table: str = Field("accounts", pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$",
