@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable
+from typing import Callable
 
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 

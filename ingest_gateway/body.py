@@ -109,11 +109,10 @@ def inflate(raw: bytes, content_encoding: str | None, limit: int) -> bytes:
     return bytes(out)
 
 
-def parse_batch(data: bytes, max_events: int) -> Batch:
-    """Decode the JSON body and check its shape (not the events themselves).
+def load_json_object(data: bytes, not_object_message: str) -> dict[str, Any]:
+    """Decode a JSON object body; only a failed parse pays for telling bad UTF-8 from bad JSON.
 
-    :raises BodyError: 400 with ``invalid_utf8``, ``malformed_json``, ``invalid_body``, ``empty_batch``
-        or 413 ``too_many_events``
+    :raises BodyError: 400 with ``invalid_utf8``, ``malformed_json`` or ``invalid_body``
     """
     try:
         doc = orjson.loads(data)
@@ -124,7 +123,17 @@ def parse_batch(data: bytes, max_events: int) -> Batch:
             raise BodyError(400, "invalid_utf8", f"body is not UTF-8 (byte {uexc.start})") from None
         raise BodyError(400, "malformed_json", f"body is not JSON: {exc}") from None
     if not isinstance(doc, dict):
-        raise BodyError(400, "invalid_body", "body must be a JSON object with a 'batch' array")
+        raise BodyError(400, "invalid_body", not_object_message)
+    return doc
+
+
+def parse_batch(data: bytes, max_events: int) -> Batch:
+    """Decode the JSON body and check its shape (not the events themselves).
+
+    :raises BodyError: 400 with ``invalid_utf8``, ``malformed_json``, ``invalid_body``, ``empty_batch``
+        or 413 ``too_many_events``
+    """
+    doc = load_json_object(data, "body must be a JSON object with a 'batch' array")
     events = doc.get("batch")
     if not isinstance(events, list):
         raise BodyError(400, "invalid_body", "'batch' must be an array of events")

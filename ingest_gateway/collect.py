@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
-import uuid
 from typing import Any
 
 import orjson
@@ -22,8 +20,7 @@ from starlette.responses import Response
 from ingest_gateway.body import BodyError, inflate, oversized_events, parse_batch, read_body
 from ingest_gateway.dedup import IdempotencyCache, IdempotencyError, StoredResponse
 from ingest_gateway.gateway import Gateway
-from ingest_gateway.ingest import RequestRefused, ingest, now_rfc3339
-from ingest_gateway.logs import request_id_var
+from ingest_gateway.ingest import RequestRefused, guarded, ingest, now_rfc3339
 from ingest_gateway.signing import HEADER_DEVICE, SignatureError
 
 log = logging.getLogger("headwater.gateway.collect")
@@ -41,33 +38,7 @@ def error_response(status: int, code: str, message: str, request_id: str | None,
 
 async def collect(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
-    request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-    token = request_id_var.set(request_id)
-    started = time.perf_counter()
-    status = 500
-    try:
-        if gw.inflight >= gw.options.max_inflight_requests:
-            gw.metrics.backpressure.labels("inflight").inc()
-            response = error_response(429, "overloaded", "too many requests in flight; retry later",
-                                      request_id, gw.options.retry_after_seconds)
-        else:
-            gw.inflight += 1
-            gw.metrics.inflight.inc()
-            try:
-                response = await _collect(gw, request, request_id)
-            except RequestRefused as exc:
-                response = error_response(exc.status, exc.code, exc.message, request_id, exc.retry_after)
-            finally:
-                gw.inflight -= 1
-                gw.metrics.inflight.dec()
-        status = response.status_code
-        response.headers["X-Request-ID"] = request_id
-        return response
-    finally:
-        elapsed = time.perf_counter() - started
-        gw.metrics.latency.labels(ROUTE).observe(elapsed)
-        gw.metrics.requests.labels(ROUTE, str(status)).inc()
-        request_id_var.reset(token)
+    return await guarded(gw, request, ROUTE, lambda request_id: _collect(gw, request, request_id), error_response)
 
 
 async def _collect(gw: Gateway, request: Request, request_id: str) -> Response:

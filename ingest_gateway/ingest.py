@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
+import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from redis.exceptions import RedisError
 from starlette.requests import Request
+from starlette.responses import Response
 
 from ingest_gateway.audit import RejectedEvent
 from ingest_gateway.consent import event_denies_consent
 from ingest_gateway.gateway import Gateway
+from ingest_gateway.logs import request_id_var
 from ingest_gateway.producer import Message, SpoolFull
 from schemas.wire import RawRecord
 
@@ -30,6 +34,47 @@ class RequestRefused(Exception):
     def __init__(self, status: int, code: str, message: str, retry_after: int | None = None):
         self.status, self.code, self.message, self.retry_after = status, code, message, retry_after
         super().__init__(f"{code}: {message}")
+
+
+ErrorAnswer = Callable[[int, str, str, str, "int | None"], Response]
+
+
+async def guarded(gw: Gateway, request: Request, route: str,
+                  handle: Callable[[str], Awaitable[Response]], error: ErrorAnswer) -> Response:
+    """What every ingest endpoint wraps its work in: a request id (also in the logs), the in-flight bound
+    (429 + Retry-After instead of unbounded memory), refusals turned into the endpoint's own error shape,
+    and the latency and status metrics.
+
+    :param route: the metrics label
+    :param handle: does the work, given the request id
+    :param error: builds the endpoint's error answer ``(status, code, message, request_id, retry_after)``
+    """
+    request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+    token = request_id_var.set(request_id)
+    started = time.perf_counter()
+    status = 500
+    try:
+        if gw.inflight >= gw.options.max_inflight_requests:
+            gw.metrics.backpressure.labels("inflight").inc()
+            response = error(429, "overloaded", "too many requests in flight; retry later", request_id,
+                             gw.options.retry_after_seconds)
+        else:
+            gw.inflight += 1
+            gw.metrics.inflight.inc()
+            try:
+                response = await handle(request_id)
+            except RequestRefused as exc:
+                response = error(exc.status, exc.code, exc.message, request_id, exc.retry_after)
+            finally:
+                gw.inflight -= 1
+                gw.metrics.inflight.dec()
+        status = response.status_code
+        response.headers["X-Request-ID"] = request_id
+        return response
+    finally:
+        gw.metrics.latency.labels(route).observe(time.perf_counter() - started)
+        gw.metrics.requests.labels(route, str(status)).inc()
+        request_id_var.reset(token)
 
 
 @dataclass
@@ -75,7 +120,7 @@ async def ingest(gw: Gateway, request: Request, request_id: str, events: list[An
     :param device, signature: the signing device of a signed request; its events must carry that device
     :raises RequestRefused: 503 when neither Kafka nor the spool can take the batch
     """
-    settings, options, metrics, registry = gw.settings, gw.options, gw.metrics, gw.registry
+    options, metrics, registry = gw.options, gw.metrics, gw.registry
     dark = gw.dark
     outcome = Outcome(dark_mode=dark)
     valid: list[dict[str, Any]] = []

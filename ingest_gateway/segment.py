@@ -18,18 +18,15 @@ import base64
 import binascii
 import hmac
 import logging
-import time
-import uuid
 from typing import Any
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ingest_gateway.body import BodyError, inflate, read_body
+from ingest_gateway.body import BodyError, inflate, load_json_object, read_body
 from ingest_gateway.gateway import Gateway
-from ingest_gateway.ingest import RequestRefused, ingest, now_rfc3339
-from ingest_gateway.logs import request_id_var
+from ingest_gateway.ingest import RequestRefused, guarded, ingest, now_rfc3339
 from ingest_gateway.segment_map import Unmappable, event_id_for, map_message
 from schemas.formats import is_date_time
 
@@ -75,37 +72,13 @@ def _known_key(gw: Gateway, key: Any) -> bool:
 async def segment_call(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
     call = request.path_params["call"]
-    route = f"/v1/{call}"
-    request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-    token = request_id_var.set(request_id)
-    started = time.perf_counter()
-    status = 500
-    try:
-        if call not in CALLS:
-            response = segment_error(404, "not_found", f"unknown call /v1/{call[:40]}; use one of "
-                                     + ", ".join(f"/v1/{c}" for c in CALLS), request_id)
-            route = "/v1/{unknown}"
-        elif gw.inflight >= gw.options.max_inflight_requests:
-            gw.metrics.backpressure.labels("inflight").inc()
-            response = segment_error(429, "overloaded", "too many requests in flight; retry later",
-                                     request_id, gw.options.retry_after_seconds)
-        else:
-            gw.inflight += 1
-            gw.metrics.inflight.inc()
-            try:
-                response = await _handle(gw, request, request_id, call)
-            except RequestRefused as exc:
-                response = segment_error(exc.status, exc.code, exc.message, request_id, exc.retry_after)
-            finally:
-                gw.inflight -= 1
-                gw.metrics.inflight.dec()
-        status = response.status_code
-        response.headers["X-Request-ID"] = request_id
-        return response
-    finally:
-        gw.metrics.latency.labels(route).observe(time.perf_counter() - started)
-        gw.metrics.requests.labels(route, str(status)).inc()
-        request_id_var.reset(token)
+    if call not in CALLS:
+        async def unknown(request_id: str) -> Response:
+            raise RequestRefused(404, "not_found", f"unknown call /v1/{call[:40]}; use one of "
+                                 + ", ".join(f"/v1/{c}" for c in CALLS))
+        return await guarded(gw, request, "/v1/{unknown}", unknown, segment_error)
+    return await guarded(gw, request, f"/v1/{call}", lambda request_id: _handle(gw, request, request_id, call),
+                         segment_error)
 
 
 async def _handle(gw: Gateway, request: Request, request_id: str, call: str) -> Response:
@@ -173,17 +146,7 @@ async def _handle(gw: Gateway, request: Request, request_id: str, call: str) -> 
 
 
 def _parse(data: bytes) -> dict[str, Any]:
-    try:
-        doc = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        try:
-            data.decode("utf-8")
-        except UnicodeDecodeError as uexc:
-            raise BodyError(400, "invalid_utf8", f"body is not UTF-8 (byte {uexc.start})") from None
-        raise BodyError(400, "malformed_json", f"body is not JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise BodyError(400, "invalid_body", "body must be a JSON object")
-    return doc
+    return load_json_object(data, "body must be a JSON object")
 
 
 def _message_id(message: Any) -> str | None:
