@@ -3,10 +3,14 @@ cut a client off from its Kafka broker and restore it (a network partition witho
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,3 +222,42 @@ def private_broker(log_path: Path):
 
 __all__ = ["ADMIN_TOKEN", "CuttableProxy", "KID", "MASTER_KEY", "gateway_settings", "make_event",
            "metric", "post_batch", "private_broker", "read_topic", "records_for"]
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@contextlib.contextmanager
+def gateway_process(env: dict[str, str], *args: str, timeout: float = 30.0):
+    """``headwater gateway`` as an operator runs it, on a free loopback port; yields its base URL once
+    ``/readyz`` answers 200 and stops its whole process group afterwards.
+
+    :param env: the complete environment of the process
+    :param args: more command-line arguments, e.g. ``"--workers", "2"``
+    """
+    port = free_port()
+    env = {k: v for k, v in env.items() if k != "HEADWATER_CONFIG"}
+    proc = subprocess.Popen([sys.executable, "-m", "ingest_gateway.cli", "--host", "127.0.0.1", "--port", str(port),
+                             *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(base + "/readyz", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "gateway did not become ready"
+            time.sleep(0.3)
+        yield base
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)

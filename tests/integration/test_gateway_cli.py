@@ -3,10 +3,6 @@ from __future__ import annotations
 
 import base64
 import os
-import signal
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 
@@ -14,10 +10,9 @@ import orjson
 import pytest
 
 from ingest_gateway.signing import sign_request
-from tests.integration.gateway_support import KID, MASTER_KEY, free_port, make_event, read_topic, records_for
+from tests.integration.gateway_support import KID, MASTER_KEY, gateway_process, make_event, read_topic, records_for
 
 pytestmark = pytest.mark.integration
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def http(method: str, url: str, body: bytes | None = None, headers: dict | None = None) -> tuple[int, bytes]:
@@ -30,25 +25,9 @@ def http(method: str, url: str, body: bytes | None = None, headers: dict | None 
 
 
 def test_gateway_command_serves_with_two_workers(devstack, stack_settings, tmp_path):
-    port = free_port()
     env = {**os.environ, **devstack.env(), "HEADWATER_DATA_DIR": str(tmp_path),
            "HEADWATER_HMAC_KEYS": f"{KID}:{base64.b64encode(MASTER_KEY).decode()}"}
-    env.pop("HEADWATER_CONFIG", None)
-    proc = subprocess.Popen([sys.executable, "-m", "ingest_gateway.cli", "--host", "127.0.0.1", "--port", str(port),
-                             "--workers", "2"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if http("GET", base + "/readyz")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
-            assert time.monotonic() < deadline, "gateway did not become ready"
-            time.sleep(0.3)
+    with gateway_process(env, "--workers", "2") as base:
         events = [make_event() for _ in range(4)]
         body = orjson.dumps({"batch": events})
         status, answer = http("POST", base + "/analytics/collect", body,
@@ -63,10 +42,3 @@ def test_gateway_command_serves_with_two_workers(devstack, stack_settings, tmp_p
         # Each worker took a spool slot of its own.
         slots = sorted(p.name for p in (tmp_path / "gateway" / "spool").iterdir())
         assert slots == ["slot-0", "slot-1"]
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)

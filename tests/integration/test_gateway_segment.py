@@ -3,53 +3,24 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import time
-import urllib.request
 import uuid
 
 import pytest
 
 from schemas.wire import decode_raw
-from tests.integration.gateway_support import free_port, read_topic, records_for
+from tests.integration.gateway_support import gateway_process, read_topic, records_for
 
 pytestmark = pytest.mark.integration
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WRITE_KEY = "it-segment-write-key"
 RAW, REJECTED = "analytics.events.raw", "analytics.events.rejected"
 
 
 @pytest.fixture(scope="module")
 def gateway_url(devstack, tmp_path_factory):
-    port = free_port()
     env = {**os.environ, **devstack.env(), "HEADWATER_DATA_DIR": str(tmp_path_factory.mktemp("segment-gw")),
            "HEADWATER_WRITE_KEYS": f"unused-key,{WRITE_KEY}", "HEADWATER_GATEWAY_ID": "gw-segment-it"}
-    env.pop("HEADWATER_CONFIG", None)
-    proc = subprocess.Popen([sys.executable, "-m", "ingest_gateway.cli", "--host", "127.0.0.1", "--port", str(port)],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/readyz", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
-            assert time.monotonic() < deadline, "gateway did not become ready"
-            time.sleep(0.3)
+    with gateway_process(env) as base:
         yield base
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
 
 
 def _send_all(client, user: str, tag: str) -> dict[str, str]:
