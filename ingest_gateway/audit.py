@@ -24,36 +24,29 @@ RECORD_TYPE = "AnalyticsEventRejected"
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
-_DDL = {
-    "postgres": [
-        f"""CREATE TABLE IF NOT EXISTS {TABLE} (
-            id BIGSERIAL PRIMARY KEY,
-            event_id TEXT,
-            event_name TEXT,
-            reasons JSONB NOT NULL,
-            received_at TIMESTAMPTZ NOT NULL,
-            payload_hash TEXT NOT NULL,
-            gateway_id TEXT NOT NULL,
-            request_id TEXT,
-            source TEXT NOT NULL)""",
-        f"CREATE INDEX IF NOT EXISTS {TABLE}_received_at ON {TABLE} (received_at)",
-        f"CREATE INDEX IF NOT EXISTS {TABLE}_event_id ON {TABLE} (event_id)",
-    ],
-    "sqlite": [
-        f"""CREATE TABLE IF NOT EXISTS {TABLE} (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            event_id TEXT,
-            event_name TEXT,
-            reasons TEXT NOT NULL,
-            received_at TEXT NOT NULL,
-            payload_hash TEXT NOT NULL,
-            gateway_id TEXT NOT NULL,
-            request_id TEXT,
-            source TEXT NOT NULL)""",
-        f"CREATE INDEX IF NOT EXISTS {TABLE}_received_at ON {TABLE} (received_at)",
-        f"CREATE INDEX IF NOT EXISTS {TABLE}_event_id ON {TABLE} (event_id)",
-    ],
-}
+# One column list, two dialects: (name, PostgreSQL type, SQLite type). Reasons are JSON either way.
+_COLUMNS = (
+    ("event_id", "TEXT", "TEXT"),
+    ("event_name", "TEXT", "TEXT"),
+    ("reasons", "JSONB NOT NULL", "TEXT NOT NULL"),
+    ("received_at", "TIMESTAMPTZ NOT NULL", "TEXT NOT NULL"),
+    ("payload_hash", "TEXT NOT NULL", "TEXT NOT NULL"),
+    ("gateway_id", "TEXT NOT NULL", "TEXT NOT NULL"),
+    ("request_id", "TEXT", "TEXT"),
+    ("source", "TEXT NOT NULL", "TEXT NOT NULL"),
+)
+
+
+def _ddl(dialect: str) -> list[str]:
+    key = "BIGSERIAL PRIMARY KEY" if dialect == "postgres" else "INTEGER PRIMARY KEY AUTOINCREMENT"
+    kind = 1 if dialect == "postgres" else 2
+    columns = ",\n    ".join([f"id {key}"] + [f"{c[0]} {c[kind]}" for c in _COLUMNS])
+    return [f"CREATE TABLE IF NOT EXISTS {TABLE} (\n    {columns})",
+            f"CREATE INDEX IF NOT EXISTS {TABLE}_received_at ON {TABLE} (received_at)",
+            f"CREATE INDEX IF NOT EXISTS {TABLE}_event_id ON {TABLE} (event_id)"]
+
+
+_DDL = {dialect: _ddl(dialect) for dialect in ("postgres", "sqlite")}
 
 
 def payload_hash(key: bytes, event: Any) -> str:
