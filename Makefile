@@ -15,11 +15,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Until the embedded demo lands (issue 6) this brings up the local services and prints how to reach them.
+# The whole pipeline on the embedded defaults (Tansu, gateway, flow, local lake, chdb, fakesnow, SQLite) with
+# synthetic traffic from the client SDK; prints a summary and stops everything. DEMO_ARGS="--keep-running" keeps it.
+DEMO_ARGS ?=
 demo: install
-	$(BIN)/headwater devstack up
-	@echo
-	@echo "The devstack is running. Stop it with: make down"
+	$(BIN)/headwater demo $(DEMO_ARGS)
 
 # Starts the real services, runs the whole suite against them, and stops what it started whatever the result.
 test: install

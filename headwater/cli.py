@@ -146,7 +146,48 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_gateway_command(sub)
     add_flow_commands(sub)
+
+    geo = sub.add_parser("geoip", help="install or build a geo-IP database",
+                         description="MaxMind-format city databases for the flow's geo enrichment.")
+    geo_sub = geo.add_subparsers(dest="action", required=True, metavar="ACTION")
+    fetch = geo_sub.add_parser("fetch", help="download DB-IP City Lite (CC BY 4.0) into var/geoip",
+                               description="Download this month's DB-IP City Lite database (IP Geolocation by "
+                                           "DB-IP, https://db-ip.com, CC BY 4.0), check it opens, and print its "
+                                           "path for HEADWATER_GEOIP_DB. The demo uses it when present.")
+    fetch.add_argument("--dest", default="var/geoip", help="directory (default var/geoip)")
+    fetch.add_argument("--month", help="YYYY-MM (default: this month, else last month)")
+    fetch.add_argument("--base-url", help="a mirror of https://download.db-ip.com/free")
+    fetch.set_defaults(func=_cmd_geoip_fetch)
+    build = geo_sub.add_parser("build", help="write a small city database from a CSV of ranges",
+                               description="Build a .mmdb from a CSV of start_ip,end_ip (or CIDR),country,region,"
+                                           "city,lat,lon,time_zone rows: for tests and demos.")
+    build.add_argument("csv", help="ranges CSV")
+    build.add_argument("out", help="database to write")
+    build.set_defaults(func=_cmd_geoip_build)
+
+    from headwater.demo import add_parser as add_demo_command
+    from headwater.smoke import add_parser as add_smoke_command
+
+    add_demo_command(sub)
+    add_smoke_command(sub)
     return parser
+
+
+def _cmd_geoip_fetch(args: argparse.Namespace) -> int:
+    from geoip.fetch import DBIP_BASE_URL, GeoFetchError, fetch_dbip_city_lite
+
+    try:
+        print(fetch_dbip_city_lite(args.dest, args.month, base_url=args.base_url or DBIP_BASE_URL))
+    except GeoFetchError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_geoip_build(args: argparse.Namespace) -> int:
+    from geoip.build import main as build_main
+
+    return build_main([args.csv, args.out])
 
 
 def main(argv: list[str] | None = None) -> int:
