@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install demo test unit integration up down status lint clean
+.PHONY: install tools demo test unit integration up down status lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,8 +21,14 @@ DEMO_ARGS ?=
 demo: install
 	$(BIN)/headwater demo $(DEMO_ARGS)
 
+# Debian tools the tests use besides the services: promtool (alert-rule tests). Installed once per machine.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+tools:
+	@command -v promtool >/dev/null || { echo "installing Debian's prometheus package (for promtool)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq prometheus >/dev/null; }
+
 # Starts the real services, runs the whole suite against them, and stops what it started whatever the result.
-test: install
+test: install tools
 	$(BIN)/headwater devstack up
 	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; $(BIN)/headwater devstack down; exit $$rc
 

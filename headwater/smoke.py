@@ -8,7 +8,8 @@ the latency from accept to visible per sink. Exit status 0 when it arrived every
 Where the sinks are comes from the usual ``HEADWATER_*`` settings; the signing key is ``HEADWATER_HMAC_KEYS``
 (the first kid, or ``--kid``). With ``--textfile PATH`` the outcome is also written in Prometheus text format
 (``headwater_canary_success``, ``headwater_canary_latency_seconds{sink}``, ``headwater_canary_last_run_timestamp``)
-for node-exporter's textfile collector, which is how the canary CronJob feeds the alert rules.
+for node-exporter's textfile collector; with ``--pushgateway URL`` the same gauges are pushed under
+``job="headwater-canary"``, which is how the chart's canary CronJob feeds the alert rules (ops/README.md).
 """
 from __future__ import annotations
 
@@ -56,6 +57,21 @@ class SmokeResult:
     @property
     def ok(self) -> bool:
         return self.accepted and not self.problems and all(v is not None for v in self.latency.values())
+
+    def push(self, gateway: str, namespace: str | None = None) -> None:
+        """Push the outcome to a Prometheus Pushgateway under ``job="headwater-canary"`` (plus ``namespace``)."""
+        from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
+
+        registry = CollectorRegistry()
+        Gauge("headwater_canary_success", "1 when the last canary reached every sink in time, else 0.",
+              registry=registry).set(int(self.ok))
+        latency = Gauge("headwater_canary_latency_seconds", "Accept-to-visible time of the last canary per sink.",
+                        ["sink"], registry=registry)
+        for sink, seconds in self.latency.items():
+            if seconds is not None:
+                latency.labels(sink).set(seconds)
+        push_to_gateway(gateway, job="headwater-canary", registry=registry,
+                        grouping_key={"namespace": namespace} if namespace else {})
 
     def prometheus(self) -> str:
         lines = ["# HELP headwater_canary_success 1 when the last canary reached every sink in time, else 0.",
@@ -148,6 +164,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sinks", default=",".join(SINKS), help="comma-separated subset of lake,clickhouse,snowflake")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds the canary may take (default 60)")
     p.add_argument("--textfile", type=Path, help="also write the outcome as Prometheus text to this file")
+    p.add_argument("--pushgateway", help="also push the outcome to this Prometheus Pushgateway URL "
+                                         "(job headwater-canary, namespace from $POD_NAMESPACE)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_cmd_smoke)
 
@@ -172,6 +190,11 @@ def _cmd_smoke(args: argparse.Namespace) -> int:
         tmp = args.textfile.with_suffix(args.textfile.suffix + ".tmp")
         tmp.write_text(result.prometheus())
         os.replace(tmp, args.textfile)  # the collector never reads a half-written file
+    if args.pushgateway:
+        try:
+            result.push(args.pushgateway, os.environ.get("POD_NAMESPACE"))
+        except OSError as exc:  # the check's own outcome still decides the exit status
+            print(f"smoke: could not push to {args.pushgateway}: {exc}", file=sys.stderr)
     if args.json:
         print(json.dumps({"event_id": result.event_id, "ok": result.ok, "latency_seconds": result.latency,
                           "problems": result.problems}))

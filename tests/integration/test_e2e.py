@@ -8,6 +8,7 @@ Checks counts (each accepted event exactly once in each sink, rejected and opted
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import hashlib
 import hmac
@@ -17,6 +18,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -93,6 +95,32 @@ def pipeline_env(devstack, stack_settings, tmp_path):
         admin.delete_topics(list(topics.values()))
     except Exception:
         pass
+
+
+@contextlib.contextmanager
+def _pushgateway():
+    """A stand-in Pushgateway on a free port that records what is pushed to it."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    pushes: list[tuple[str, str, str]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_PUT(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
+            pushes.append(("PUT", self.path, body))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", pushes
+    finally:
+        server.shutdown()
 
 
 def _start_flow(env: dict[str, str], tmp_path: Path) -> subprocess.Popen:
@@ -200,13 +228,18 @@ def test_sdk_to_every_sink_exactly_once_with_pii_hashed_and_enrichment(pipeline_
                     assert counted.error is None and counted.rows == counted.distinct_event_ids == len(ids), counted
                 _check_contents(reader, accepted)
 
-            smoke = subprocess.run([sys.executable, "-m", "headwater", "smoke", "--url", base, "--timeout", "60",
-                                    "--json", "--textfile", str(tmp_path / "canary.prom")],
-                                   cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+            with _pushgateway() as (push_url, pushes):
+                smoke = subprocess.run([sys.executable, "-m", "headwater", "smoke", "--url", base, "--timeout", "60",
+                                        "--json", "--textfile", str(tmp_path / "canary.prom"),
+                                        "--pushgateway", push_url], cwd=REPO, env={**env, "POD_NAMESPACE": "e2e"},
+                                       capture_output=True, text=True, timeout=120)
             assert smoke.returncode == 0, smoke.stdout + smoke.stderr
             outcome = json.loads(smoke.stdout.splitlines()[-2])
             assert outcome["ok"] and set(outcome["latency_seconds"]) == set(SINKS)
             assert "headwater_canary_success 1" in (tmp_path / "canary.prom").read_text()
+            (method, path, body), = pushes
+            assert (method, path) == ("PUT", "/metrics/job/headwater-canary/namespace/e2e")
+            assert "headwater_canary_success 1.0" in body and 'headwater_canary_latency_seconds{sink="clickhouse"}' in body
 
             _stop(flow)  # no flow: the canary is accepted but never arrives, and smoke must say so
             smoke = subprocess.run([sys.executable, "-m", "headwater", "smoke", "--url", base, "--timeout", "4"],
