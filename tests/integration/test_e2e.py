@@ -78,6 +78,7 @@ def pipeline_env(devstack, stack_settings, tmp_path):
         "HEADWATER_LOG_LEVEL": "WARNING",
         "HEADWATER_FLOW_BATCH_TIMEOUT_MS": "200",
         "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",
+        "BYTEWAX_DATAFLOW_API_ENABLED": "1", "BYTEWAX_DATAFLOW_API_PORT": str(free_port()),
     })
     yield env, people
     settings = load_settings({k: v for k, v in env.items() if k.startswith("HEADWATER_")})
@@ -227,6 +228,7 @@ def test_sdk_to_every_sink_exactly_once_with_pii_hashed_and_enrichment(pipeline_
                     counted = reader.count(sink)
                     assert counted.error is None and counted.rows == counted.distinct_event_ids == len(ids), counted
                 _check_contents(reader, accepted)
+            _check_metrics(base, env, accepted, rejected, blocked)
 
             with _pushgateway() as (push_url, pushes):
                 smoke = subprocess.run([sys.executable, "-m", "headwater", "smoke", "--url", base, "--timeout", "60",
@@ -248,6 +250,27 @@ def test_sdk_to_every_sink_exactly_once_with_pii_hashed_and_enrichment(pipeline_
             assert "not visible within 4 s" in smoke.stderr
     finally:
         _stop(flow)
+
+
+def _check_metrics(base: str, env: dict[str, str], accepted: dict, rejected: set, blocked: set) -> None:
+    """The gateway's and the flow's metrics moved with the traffic (DESIGN.md §2 names)."""
+    from headwater.demo import sample, scrape
+
+    gw = scrape(f"{base}/metrics")
+    client_events = sum(1 for _, ev in accepted.values())
+    assert sample(gw, "analytics_ingest_events_total", result="accepted") == client_events
+    assert sample(gw, "analytics_ingest_events_total", result="rejected") == len(rejected)
+    assert sample(gw, "analytics_ingest_events_total", result="no_consent") == len(blocked)
+    assert sample(gw, "analytics_ingest_request_seconds_count", route="/analytics/collect") > 0
+    flow = scrape(f"http://127.0.0.1:{env['BYTEWAX_DATAFLOW_API_PORT']}/metrics")
+    assert flow, "the flow serves no metrics"
+    for sink in SINKS:
+        assert sample(flow, "analytics_sink_rows_total", sink=sink, result="written") >= len(accepted)
+        lag = flow.get(("analytics_pipeline_lag_seconds", (("sink", sink),)))
+        assert lag is not None and 0 <= lag < 120, (sink, lag)
+    assert sample(flow, "analytics_flow_events_total", stage="source", result="in") >= len(accepted)
+    lags = [k for k in flow if k[0] == "bytewax_kafka_consumer_lag"]
+    assert lags, "no Kafka consumer lag per partition"
 
 
 def _check_contents(reader: SinkReader, accepted: dict[str, tuple]) -> None:
