@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install tools demo test unit integration up down status lint clean
+.PHONY: install tools dbt-venv demo test unit integration up down status lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,8 +27,18 @@ tools:
 	@command -v promtool >/dev/null || { echo "installing Debian's prometheus package (for promtool)"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq prometheus >/dev/null; }
 
+# dbt has its own virtualenv: its pins would fight the pipeline's. The dbt tests run the project in dbt/ with it.
+DBT_STAMP := .venv-dbt/.installed-stamp
+$(DBT_STAMP): dbt/requirements.txt
+	@test -x .venv-dbt/bin/python || $(PYTHON) -m venv .venv-dbt
+	.venv-dbt/bin/python -m pip install --quiet --upgrade pip
+	.venv-dbt/bin/python -m pip install --quiet -r dbt/requirements.txt
+	@touch $@
+
+dbt-venv: $(DBT_STAMP)
+
 # Starts the real services, runs the whole suite against them, and stops what it started whatever the result.
-test: install tools
+test: install tools dbt-venv
 	$(BIN)/headwater devstack up
 	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; $(BIN)/headwater devstack down; exit $$rc
 

@@ -170,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_demo_command(sub)
     add_smoke_command(sub)
+    from quality.cli import add_parser as add_quality_command
+
+    add_quality_command(sub)
     return parser
 
 
