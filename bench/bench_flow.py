@@ -21,6 +21,9 @@ end-of-partition answers cannot be trusted), so the process exits by itself afte
 child stamps the wall clock when the first batch arrives; the run's rate is N divided by the time from that stamp
 to the process's exit, so interpreter start-up and schema loading are not counted, but draining the sinks is.
 
+Each child also reports the CPU time it used (all threads, from its first batch to its exit) per event: on a
+busy machine the rates say as much about the neighbours as about the flow, the CPU time much less.
+
 The machine is shared: compare the ratio full/bare of runs taken side by side, and look at the median.
 ``main(argv)`` returns the figures as a dict, for ``headwater bench``.
 """
@@ -157,7 +160,8 @@ def _counted(source: Any, counts: Sequence[int], start_file: str) -> Any:
             batch = self._inner.next_batch()
             if batch and not started.is_set():
                 started.set()
-                Path(start_file).write_text(repr(time.time()))
+                # wall clock and the CPU time the process has used so far (start-up), for the CPU per event
+                Path(start_file).write_text(f"{time.time()!r} {time.process_time()!r}")
             self._left -= sum(1 for m in batch if isinstance(m, KafkaSourceMessage))
             return batch
 
@@ -201,17 +205,20 @@ def full_flow(raw_topic: str, out_topic: str, invalid_topic: str, counts: list[i
     """The production flow (decode → validate → PII → geo → plan tier → context → rows) to Kafka topics."""
     from flows.dataflow import build_flow, dead_letter_sink, kafka_source
     from flows.outputs import kafka_rows
+    from flows.runtime import settle_heap
     from flows.stages import Stages
     from headwater.settings import load_settings
     from schemas.registry import SchemaRegistry
 
     settings = load_settings()
     registry = SchemaRegistry.load()
-    return build_flow(
+    flow = build_flow(
         settings, source=_counted(kafka_source(settings, raw_topic), counts, start_file),
         sinks={"kafka": kafka_rows(settings, out_topic)}, dead_letters=dead_letter_sink(settings, invalid_topic),
         stages=Stages.from_settings(settings, registry, table=table), batch_size=settings.flow_batch_size,
     )
+    settle_heap()  # as flows.run.get_flow does for the production flow
+    return flow
 
 
 # --- the orchestrator ------------------------------------------------------------------------------------------------
@@ -298,30 +305,45 @@ def _drop_table(postgres_url: str, table: str) -> None:
         conn.execute(f"DROP TABLE IF EXISTS {table}")
 
 
-def _run(call: str, env: dict[str, str], work: Path, events: int, timeout_s: float) -> float:
+def _wait(proc: subprocess.Popen, timeout_s: float) -> float | None:
+    """Wait for ``proc``; its CPU time (user + system, all threads) in seconds, ``None`` when it timed out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return usage.ru_utime + usage.ru_stime
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.02)
+
+
+def _run(call: str, env: dict[str, str], work: Path, events: int, timeout_s: float) -> tuple[float, float]:
+    """One ``bytewax.run`` child: ``(events/s, CPU µs per event)``, both from its first batch to its exit."""
     start_file = work / f"start-{uuid.uuid4().hex[:8]}"
     call = call.replace("START_FILE", str(start_file))
     log = work / f"{start_file.name}.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "bytewax.run", call], cwd=REPO, env=env, stdout=out,
                                 stderr=subprocess.STDOUT)
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
+        cpu = _wait(proc, timeout_s)
+        if cpu is None:
             proc.kill()
             proc.wait()
             raise RuntimeError(f"run did not finish in {timeout_s:.0f} s: {log.read_text()[-2000:]}") from None
     ended = time.time()
     if proc.returncode != 0 or not start_file.exists():
         raise RuntimeError(f"run failed ({proc.returncode}): {log.read_text()[-2000:]}")
-    return events / (ended - float(start_file.read_text()))
+    started, cpu_at_start = (float(x) for x in start_file.read_text().split())
+    return events / (ended - started), (cpu - cpu_at_start) / events * 1e6
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the benchmark.
 
     :param argv: command-line arguments without the program name (``None``: ``sys.argv[1:]``)
-    :returns: ``{"events", "bare": [...], "full": [...], "ratios": [...], "median_*"}`` (rates in events/s)
+    :returns: ``{"events", "bare": [...], "full": [...], "ratios": [...], "median_*", "bare_cpu_us": [...],
+        "full_cpu_us": [...]}`` (rates in events/s; CPU time per event in µs)
     """
     parser = argparse.ArgumentParser(prog="bench_flow", description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=100_000, help="records per run (default 100000)")
@@ -346,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     _create_topics(args.brokers, [raw_topic])
     counts = _produce(args.brokers, raw_topic, records)
     say(f"wrote {args.events:,} records to {raw_topic} (per partition {counts})")
-    bare, full, ratios = [], [], []
+    bare, full, ratios, bare_cpu, full_cpu = [], [], [], [], []
     table = _accounts_table(args.postgres_url)
     try:
         with tempfile.TemporaryDirectory(prefix="bench-flow-") as tmp:
@@ -363,16 +385,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 topics = {k: f"bench.flow.{k}.{suffix}.{run}" for k in ("bare", "rows", "invalid")}
                 created.extend(topics.values())
                 _create_topics(args.brokers, list(topics.values()))
-                bare_rate = _run(f"bench.bench_flow:bare_flow({raw_topic!r}, {topics['bare']!r}, {counts!r}, "
+                bare_rate, bare_us = _run(f"bench.bench_flow:bare_flow({raw_topic!r}, {topics['bare']!r}, {counts!r}, "
                                  f"'START_FILE')", env, work, args.events, timeout_s)
-                full_rate = _run(f"bench.bench_flow:full_flow({raw_topic!r}, {topics['rows']!r}, "
+                full_rate, full_us = _run(f"bench.bench_flow:full_flow({raw_topic!r}, {topics['rows']!r}, "
                                  f"{topics['invalid']!r}, {counts!r}, 'START_FILE', {table!r})",
                                  env, work, args.events, timeout_s)
                 bare.append(bare_rate)
                 full.append(full_rate)
                 ratios.append(full_rate / bare_rate)
+                bare_cpu.append(bare_us)
+                full_cpu.append(full_us)
                 say(f"run {run}: bare {bare_rate:10,.0f} events/s   full {full_rate:10,.0f} events/s   "
-                    f"ratio {full_rate / bare_rate:.2f}")
+                    f"ratio {full_rate / bare_rate:.2f}   (CPU per event: bare {bare_us:.1f} µs, "
+                    f"full {full_us:.1f} µs)")
                 if run == 1 and not args.no_verify:
                     rows, letters = _count_topic(args.brokers, topics["rows"]), _count_topic(args.brokers, topics["invalid"])
                     copied = _count_topic(args.brokers, topics["bare"])
@@ -386,6 +411,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "events": args.events, "bare": [round(r) for r in bare], "full": [round(r) for r in full],
         "ratios": [round(r, 3) for r in ratios], "median_bare": round(statistics.median(bare)),
         "median_full": round(statistics.median(full)), "median_ratio": round(statistics.median(ratios), 3),
+        # CPU time of each child from its first batch to its exit, all threads (librdkafka's included), per event:
+        # less at the mercy of other load on the machine than the rates
+        "bare_cpu_us": [round(c, 1) for c in bare_cpu], "full_cpu_us": [round(c, 1) for c in full_cpu],
     }
     say(f"median: bare {result['median_bare']:,} events/s, full {result['median_full']:,} events/s, "
         f"ratio full/bare {result['median_ratio']:.2f}")

@@ -26,7 +26,10 @@ def parse_time(value: Any) -> dt.datetime | None:
         parsed = dt.datetime.fromisoformat(value)
     except ValueError:
         return None
-    if parsed.tzinfo is None:
+    zone = parsed.tzinfo
+    if zone is UTC:  # "Z" and "+00:00" parse to the UTC singleton: nothing to convert
+        return parsed
+    if zone is None:
         return None
     return parsed.astimezone(UTC)
 

@@ -199,19 +199,23 @@ class PlanTierLookup:
         now = self._clock()
         answers: dict[str | None, str] = {}
         misses: list[str] = []
+        cache = self._cache
+        hits = 0
         for user_id in user_ids:
             if user_id in answers:
                 continue
             if user_id is None:
                 answers[None] = ANONYMOUS
                 continue
-            cached = self._cache.get(user_id)
+            cached = cache.get(user_id)
             if cached is not None and cached[0] > now:
                 answers[user_id] = cached[1]
-                self._metrics.hit()
+                hits += 1
             else:
                 answers[user_id] = UNKNOWN  # until the database says otherwise
                 misses.append(user_id)
+        if hits:
+            self._metrics.hit(hits)  # once per batch: a labelled counter costs about a microsecond
         if misses:
             self._metrics.miss(len(misses))
             self._resolve(misses[: self.max_query_ids], answers, now)

@@ -6,14 +6,18 @@ with everything that fails on the way branched to ``analytics.events.invalid``.
     raw (KafkaSource, partitions = parallelism, offsets in Bytewax recovery)
      └─ process, once per batch the source hands over:
         decode → validate → clock → PII → geo (per record; raw IPs never leave this step)
-        → plan tiers (one query per batch) → user agent → row
+        → user agent → row; plan tiers (one query per batch)
+        → one SourceBatch per source partition: its rows and its dead letters
          ├─ rows ──► every sink in ``sinks`` (each gets all rows)
          └─ dead letters ─► invalid
 
 Everything per event happens in one Python call per source batch: each Bytewax operator an event passes costs a
 round trip between Rust and Python, which at tens of thousands of events a second is a large share of the work.
-The source's batches (a Kafka partition's records, up to the source's batch size) are also the plan-tier batches,
-so nothing waits for a batch to fill and no partial row is ever held in Bytewax state (or snapshotted).
+For the same reason the processing step hands on whole batches, not events: splitting them into rows and dead
+letters, and keying rows by source partition for the partitioned sinks, is one Python call per batch instead of
+two per event. The source's batches (a Kafka partition's records, up to the source's batch size) are also the
+plan-tier batches, so nothing waits for a batch to fill and no partial row is ever held in Bytewax state (or
+snapshotted).
 
 Delivery is at-least-once: after a restart from recovery the resumed epoch is processed again, so sinks see
 some rows twice and must be idempotent on ``event_id`` (they are). Sinks that buffer (``KafkaRowSink``) wait for
@@ -23,7 +27,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import Any, Mapping
+from dataclasses import dataclass
+from itertools import repeat
+from typing import Any, Callable, Iterable, Mapping
 
 import bytewax.operators as op
 from bytewax.connectors.kafka import KafkaError, KafkaSinkMessage, KafkaSource
@@ -83,22 +89,84 @@ def _dead_letter_message(letter: DeadLetter) -> KafkaSinkMessage:
     return KafkaSinkMessage(key=letter.key, value=letter.encode(), headers=_dead_letter_headers(letter))
 
 
-def _partition_key(item: Any) -> str:
-    # Keeps one source partition's output in order: it always goes to the same output partition.
-    return str(item.partition if isinstance(item, DeadLetter) else item["kafka_partition"])
+@dataclass(frozen=True, slots=True)
+class SourceBatch:
+    """What one source batch became, for one source partition: rows and dead letters, in source order.
+
+    :param key: the source partition as text; partitioned sinks are keyed on it, so that one source partition's
+        output always goes to the same output partition, in order
+    """
+
+    key: str
+    rows: list[dict[str, Any]]
+    letters: list[DeadLetter]
+
+    def keyed_rows(self) -> Iterable[tuple[str, dict[str, Any]]]:
+        return zip(repeat(self.key, len(self.rows)), self.rows)
+
+    def keyed_row_list(self) -> list[tuple[str, list[dict[str, Any]]]]:
+        return [(self.key, self.rows)] if self.rows else []
+
+    def keyed_letters(self) -> Iterable[tuple[str, DeadLetter]]:
+        return zip(repeat(self.key, len(self.letters)), self.letters)
+
+    def letter_messages(self) -> list[KafkaSinkMessage]:
+        return [_dead_letter_message(letter) for letter in self.letters]
 
 
-def _is_row(item: Any) -> bool:
-    return not isinstance(item, DeadLetter)
+def _rows(batch: SourceBatch) -> list[dict[str, Any]]:
+    return batch.rows
 
 
-def _consumed(item: Any) -> Any | None:
-    """Kafka errors are not events: count and log them, and let librdkafka carry on."""
-    if isinstance(item, KafkaError):
-        STAGES.inc("source", "kafka_error")
-        log.warning("Kafka consumer error: %s", item.err)
-        return None
-    return item
+def make_processor(stages: Stages, batch_size: int = DEFAULT_BATCH_SIZE) -> Callable[[list[Any]], list[SourceBatch]]:
+    """The flow's processing step: the items of one source batch → one :class:`SourceBatch` per source partition
+    among them (normally one). Kafka errors are counted and logged, not passed on.
+
+    :param stages: the processing steps
+    :param batch_size: most rows per plan-tier look-up (a larger source batch is split)
+    """
+    admit, finish = stages.admit, stages.finish
+
+    def process(items: list[Any]) -> list[SourceBatch]:
+        STAGES.inc("source", "in", len(items))  # per batch: a labelled counter costs microseconds
+        partials: list[dict[str, Any]] = []
+        letters: list[DeadLetter] = []
+        for item in items:
+            if isinstance(item, KafkaError):
+                STAGES.inc("source", "kafka_error")
+                log.warning("Kafka consumer error: %s", item.err)
+                continue
+            admitted = admit(item)
+            if type(admitted) is dict:
+                partials.append(admitted)
+            else:
+                letters.append(admitted)
+        rows: list[dict[str, Any]] = []
+        for start in range(0, len(partials), batch_size):
+            rows.extend(finish(partials[start:start + batch_size]))
+        return _by_partition(rows, letters)
+
+    return process
+
+
+def _by_partition(rows: list[Any], letters: list[DeadLetter]) -> list[SourceBatch]:
+    """Rows and letters grouped by source partition, each group in source order."""
+    parts: dict[Any, tuple[list, list]] = {}
+    for row in rows:
+        if type(row) is dict:
+            part = row["kafka_partition"]
+        else:  # a dead letter from finish()
+            part = row.partition
+        group = parts.get(part)
+        if group is None:
+            group = parts[part] = ([], [])
+        group[type(row) is not dict].append(row)
+    for letter in letters:
+        group = parts.get(letter.partition)
+        if group is None:
+            group = parts[letter.partition] = ([], [])
+        group[1].append(letter)
+    return [SourceBatch(str(part), part_rows, part_letters) for part, (part_rows, part_letters) in parts.items()]
 
 
 def build_flow(settings: Any, *, source: Source | None = None, sinks: Mapping[str, Sink] | None = None,
@@ -110,7 +178,9 @@ def build_flow(settings: Any, *, source: Source | None = None, sinks: Mapping[st
     :param settings: :class:`headwater.settings.Settings`
     :param source: input; default the raw Kafka topic (items are ``KafkaSourceMessage`` or ``KafkaError``)
     :param sinks: name → sink; every sink receives every row. Dynamic sinks are wrapped to report
-        ``analytics_pipeline_lag_seconds{sink=name}``. Default: rows printed to stdout
+        ``analytics_pipeline_lag_seconds{sink=name}``; a partitioned sink with a true ``item_batches`` attribute
+        receives one list of rows per source batch and partition instead of single rows. Default: rows printed to
+        stdout
     :param dead_letters: sink for :class:`~flows.stages.DeadLetter` messages; default ``analytics.events.invalid``
     :param stages: the processing steps; default built from ``settings`` and ``registry``
     :param registry: a ``SchemaRegistry``; default the shipped catalogue
@@ -131,34 +201,27 @@ def build_flow(settings: Any, *, source: Source | None = None, sinks: Mapping[st
     sinks = dict(sinks) if sinks is not None else {"stdout": StdOutSink()}
 
     flow = Dataflow(flow_id)
-
-    def process(items: list[Any]) -> list[Any]:
-        out: list[Any] = []
-        partials: list[dict[str, Any]] = []
-        STAGES.inc("source", "in", len(items))  # per batch: a labelled counter costs microseconds
-        for item in items:
-            if _consumed(item) is None:
-                continue
-            admitted = stages.admit(item)
-            (out if isinstance(admitted, DeadLetter) else partials).append(admitted)
-        for start in range(0, len(partials), batch_size):
-            out.extend(stages.finish(partials[start:start + batch_size]))
-        return out
-
-    processed = op.flat_map_batch("process", op.input("raw", flow, source or kafka_source(settings)), process)
-    split = op.branch("rows_or_dead", processed, _is_row)
+    batches = op.flat_map_batch("process", op.input("raw", flow, source or kafka_source(settings)),
+                                make_processor(stages, batch_size))
 
     letters_sink = dead_letters if dead_letters is not None else dead_letter_sink(settings)
     if isinstance(letters_sink, FixedPartitionedSink):
-        op.output("invalid", op.key_on("letter_by_partition", split.falses, _partition_key), letters_sink)
+        op.output("invalid", op.flat_map("letters_by_partition", batches, SourceBatch.keyed_letters), letters_sink)
     else:
-        op.output("invalid", op.map("dead_letter_message", split.falses, _dead_letter_message), letters_sink)
-    keyed_rows = None
+        op.output("invalid", op.flat_map("dead_letter_messages", batches, SourceBatch.letter_messages), letters_sink)
+    keyed_rows = keyed_row_lists = plain_rows = None
     for name, sink in sinks.items():
-        if isinstance(sink, FixedPartitionedSink):
+        if isinstance(sink, FixedPartitionedSink) and getattr(sink, "item_batches", False):
+            # a sink that takes a list of rows per item (KafkaRowSink(item_batches=True)): one item per batch
+            if keyed_row_lists is None:
+                keyed_row_lists = op.flat_map("row_lists_by_partition", batches, SourceBatch.keyed_row_list)
+            op.output(f"sink_{name}", keyed_row_lists, sink)
+        elif isinstance(sink, FixedPartitionedSink):
             if keyed_rows is None:
-                keyed_rows = op.key_on("row_by_partition", split.trues, _partition_key)
+                keyed_rows = op.flat_map("rows_by_partition", batches, SourceBatch.keyed_rows)
             op.output(f"sink_{name}", keyed_rows, sink)
         else:
-            op.output(f"sink_{name}", split.trues, track_lag(name, sink))
+            if plain_rows is None:
+                plain_rows = op.flat_map("rows", batches, _rows)
+            op.output(f"sink_{name}", plain_rows, track_lag(name, sink))
     return flow

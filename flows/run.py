@@ -87,12 +87,13 @@ def get_flow(output: str | None = None, raw_topic: str | None = None, invalid_to
     from headwater.settings import load_settings
     from schemas.registry import SchemaRegistry
     from flows.dataflow import dead_letter_sink, kafka_source
+    from flows.runtime import settle_heap
     from flows.stages import Stages
 
     settings = load_settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     registry = SchemaRegistry.load()
-    return build_flow(
+    flow = build_flow(
         settings,
         source=kafka_source(settings, raw_topic),
         sinks=parse_outputs(output or settings.flow_outputs, settings),
@@ -101,6 +102,8 @@ def get_flow(output: str | None = None, raw_topic: str | None = None, invalid_to
         batch_size=batch_size or settings.flow_batch_size,
         batch_timeout=dt.timedelta(milliseconds=batch_timeout_ms or settings.flow_batch_timeout_ms),
     )
+    settle_heap()  # this builds the process's flow: what exists now lives as long as the process
+    return flow
 
 
 def __getattr__(name: str) -> Any:

@@ -3,13 +3,17 @@
 Two steps, both run by the flow's one processing operator for each batch the source hands over:
 
 1. :meth:`Stages.admit`, per record: decode the wire record → validate with the registry → correct the clock →
-   PII (hash/drop/strip IPs) → geo from the raw IP. The raw IP exists only inside this call: what leaves it is
-   already PII-free.
-2. :meth:`Stages.finish`, per batch: plan tiers in one look-up, user agent, and the output row (the partial row is
-   filled in place: it is built in column order for that).
+   PII (hash/drop/strip IPs) → geo from the raw IP → user agent → the output row, complete but for its plan tier.
+   The raw IP exists only inside this call: what leaves it is already PII-free.
+2. :meth:`Stages.finish`, per batch: plan tiers in one look-up, written into the rows.
 
 Anything wrong with a record becomes a :class:`DeadLetter` (stage, reasons, source coordinates, the original
 bytes for replay); neither method raises because of an event.
+
+The flow spends most of its time here, tens of thousands of times a second, so :meth:`Stages.admit` is written
+for speed: one function with the steps inlined, no intermediate objects per event beyond the row itself, and small
+memos for what repeats from event to event (a gateway batch's receive and send times, a client's address, a
+device's user agent).
 """
 from __future__ import annotations
 
@@ -21,14 +25,13 @@ from typing import Any, Iterable
 
 import orjson
 
-from enrichers.context import (EventTime, correct_timestamp, parse_time, user_agent_cache_stats,
-                               user_agent_info)
+from enrichers.context import parse_time, user_agent_cache_stats, user_agent_info
 from enrichers.geo import GeoEnricher
 from enrichers.metrics import CacheCounter
 from enrichers.pii import MissingSaltError, PiiHasher, mask_ip
-from enrichers.plan_tier import PlanTierLookup
+from enrichers.plan_tier import UNKNOWN, PlanTierLookup
 from flows.metrics import STAGES
-from schemas.wire import WireError, decode_raw
+from schemas.wire import WireError, decode_raw_object
 
 log = logging.getLogger(__name__)
 DEAD_LETTER_VERSION = 1
@@ -42,9 +45,8 @@ ROW_COLUMNS = (
     "source", "schema_version", "clock_skew_seconds", "kafka_topic", "kafka_partition", "kafka_offset",
 )
 
-#: Where a partial row carries the gateway's user agent until finish() has used it (never an output column).
-_GATEWAY_UA = "_gateway_user_agent"
-_AGENT_MEMO_SIZE = 10_000
+#: Entries of each per-process memo (user agents, parsed times, masked addresses) before it starts afresh.
+_MEMO_SIZE = 10_000
 
 
 @dataclass
@@ -111,101 +113,155 @@ class Stages:
         self.max_skew = max_skew
         self._ua_metrics = CacheCounter("user_agent")
         self._agents: dict[tuple, Any] = {}
+        self._times: dict[str, dt.datetime | None] = {}
+        self._masks: dict[str, str | None] = {}
+        self._versions = {name: registry.version(name) for name in registry.events}
 
     @classmethod
     def from_settings(cls, settings: Any, registry: Any, **plan_tier_options: Any) -> Stages:
         plan_tier_options.setdefault("table", settings.plan_tier_table)
         plan_tier_options.setdefault("ttl_seconds", settings.plan_tier_ttl_seconds)
-        return cls(registry, PiiHasher.from_settings(settings, registry),
-                   GeoEnricher.from_settings(settings, cache_size=settings.geoip_cache_size),
-                   PlanTierLookup.from_settings(settings, **plan_tier_options), settings.ip_handling,
-                   max_skew=dt.timedelta(seconds=settings.clock_skew_max_seconds))
+        stages = cls(registry, PiiHasher.from_settings(settings, registry),
+                     GeoEnricher.from_settings(settings, cache_size=settings.geoip_cache_size),
+                     PlanTierLookup.from_settings(settings, **plan_tier_options), settings.ip_handling,
+                     max_skew=dt.timedelta(seconds=settings.clock_skew_max_seconds))
+        # The user-agent rules load on first use, a fraction of a second: at start-up, not on the first batch.
+        user_agent_info({"context": {}}, "Mozilla/5.0")
+        return stages
 
     # --- step 1: per record ----------------------------------------------------------------
     def admit(self, msg: Any) -> dict[str, Any] | DeadLetter:
-        """One consumed message (``.value``, ``.key``, ``.topic``, ``.partition``, ``.offset``) → a PII-free
-        partial row (the output row's columns in order, enrichment columns still empty, plus the gateway's
-        user agent at the end for :meth:`finish`), or a dead letter. The caller counts records in
+        """One consumed message (``.value``, ``.key``, ``.topic``, ``.partition``, ``.offset``) → its output row with
+        ``plan_tier`` still empty (for :meth:`finish`), or a dead letter. The caller counts records in
         (``analytics_flow_events{stage="source",result="in"}``) per batch: a labelled counter costs microseconds."""
-        where = (getattr(msg, "topic", None), getattr(msg, "partition", None), getattr(msg, "offset", None))
+        try:
+            doc = decode_raw_object(msg.value)
+        except WireError as exc:
+            return self._dead(msg, "decode", [_reason("", str(exc))], None)
+        event = doc["event"]
+        issues = self.registry.validate(event)
+        if issues:
+            return self._dead(msg, "validate", [_reason(i.path, i.message) for i in issues], event)
 
-        def dead(stage: str, reasons: list[dict[str, str]], event: dict | None = None) -> DeadLetter:
-            STAGES.inc(stage, "invalid")
-            event_id = event.get("event_id") if isinstance(event, dict) else None
-            name = event.get("event") if isinstance(event, dict) else None
-            log.debug("dead letter: stage=%s at %s/%s/%s, %d reason(s)", stage, *where, len(reasons))
-            return DeadLetter(stage, reasons, *where, key=msg.key, original=msg.value,
+        # Clock: event_time() spelled out with memoised parsing (a gateway batch shares its receive and send times).
+        times = self._times
+        timestamp = times.get(event["timestamp"]) or self._time(event["timestamp"])
+        received_text = doc["received_at"]
+        received = times.get(received_text) or self._time(received_text)
+        if timestamp is None or received is None:
+            return self._dead(msg, "time", [_reason("received_at", "gateway receive time is not an RFC 3339 "
+                                                                   "timestamp")], event)
+        sent = event.get("sent_at")
+        if sent is None or (sent := times.get(sent) or self._time(sent)) is None:
+            sent = doc.get("sent_at")
+            if type(sent) is str:
+                sent = times.get(sent) or self._time(sent)
+            else:
+                sent = None
+        if sent is None:
+            corrected = timestamp if timestamp <= received else received
+        else:
+            skew, max_skew = received - sent, self.max_skew
+            if skew > max_skew:
+                skew = max_skew
+            elif skew < -max_skew:
+                skew = -max_skew
+            corrected = timestamp + skew
+            if corrected > received:
+                corrected = received
+        event_date = corrected.date()
+
+        try:
+            protected, ips, salt_id, salt_id_prev = self.pii.protect_parts(event, event_date, doc.get("client_ip"))
+        except MissingSaltError as exc:
+            return self._dead(msg, "pii", [_reason("timestamp", str(exc))], event)
+        # From here on nothing of the event is raw: what goes wrong is a bug, and the letter carries no original.
+        try:
+            return self._row(protected, ips, doc, msg, event_date, corrected, received, timestamp, salt_id,
+                             salt_id_prev)
+        except Exception as exc:
+            STAGES.inc("enrich", "failed")
+            log.error("could not build the row at %s/%s/%s: %s", msg.topic, msg.partition, msg.offset,
+                      type(exc).__name__)
+            name, event_id = event.get("event"), event.get("event_id")
+            return DeadLetter("enrich", [_reason("", f"row could not be built ({type(exc).__name__})")],
+                              msg.topic, msg.partition, msg.offset, key=None, original=None,
                               event_id=event_id if isinstance(event_id, str) else None,
                               event=name if isinstance(name, str) else None)
 
-        try:
-            record = decode_raw(msg.value)
-        except WireError as exc:
-            return dead("decode", [_reason("", str(exc))])
-        event = record.event
-        issues = self.registry.validate(event)
-        if issues:
-            return dead("validate", [_reason(i.path, i.message) for i in issues], event)
-        # event_time() spelled out, so that the parsed receive time serves the row as well
-        timestamp, received = parse_time(event.get("timestamp")), parse_time(record.received_at)
-        if timestamp is None or received is None:
-            return dead("time", [_reason("received_at", "gateway receive time is not an RFC 3339 timestamp")],
-                        event)
-        sent = parse_time(event.get("sent_at")) or parse_time(record.sent_at)
-        when = correct_timestamp(timestamp, sent, received, self.max_skew)
-        try:
-            protected = self.pii.protect(event, when.event_date, record.client_ip)
-        except MissingSaltError as exc:
-            return dead("pii", [_reason("timestamp", str(exc))], event)
-        geo = self.geo.columns(protected.ips)
+    def _row(self, event: dict[str, Any], ips: list[str], doc: dict[str, Any], msg: Any, event_date: dt.date,
+             corrected: dt.datetime, received: dt.datetime, timestamp: dt.datetime, salt_id: str,
+             salt_id_prev: str | None) -> dict[str, Any]:
+        geo = self.geo.values(ips)
         masked = None
-        if self.keep_truncated_ip and protected.ip:
-            masked = mask_ip(protected.ip)
-        return self._partial(protected.event, record, when, received, protected.salt_id, protected.salt_id_prev,
-                             geo, masked, where)
-
-    def _partial(self, event: dict[str, Any], record: Any, when: EventTime, received: dt.datetime, salt_id: str,
-                 salt_id_prev: str | None, geo: dict[str, Any], masked: str | None,
-                 where: tuple[Any, Any, Any]) -> dict[str, Any]:
+        if ips and self.keep_truncated_ip:
+            ip = ips[0]
+            masked = self._masks.get(ip) if type(ip) is str else None
+            if masked is None:
+                masked = self._mask(ip)
+        context = event.get("context") or {}
+        if "ip" in context:  # already removed by the PII step; checked here so the column is IP-free regardless
+            context = {k: v for k, v in context.items() if k != "ip"}
+        agent = self._user_agent(context, doc.get("user_agent"))
+        consent = event.get("consent")
         name = event["event"]
-        # Laid out in ROW_COLUMNS order, so finish() fills it in place instead of building a second dict.
+        # In ROW_COLUMNS order; finish() fills in plan_tier.
         return {
-            "event_id": event["event_id"], "event": name, "event_date": when.event_date,
-            "timestamp": when.timestamp, "received_at": received,
-            "user_id": event.get("user_id"), "anonymous_id": event.get("anonymous_id"),
+            "event_id": event["event_id"], "event": name, "event_date": event_date, "timestamp": corrected,
+            "received_at": received, "user_id": event.get("user_id"), "anonymous_id": event.get("anonymous_id"),
             "device_id": event.get("device_id"), "pii_salt_id": salt_id, "pii_salt_id_prev": salt_id_prev,
-            **geo, "ip_truncated": masked, "plan_tier": None, "browser": None, "os": None, "device_class": None,
-            "properties": event.get("properties") or {}, "context": event.get("context") or {},
-            "consent": event.get("consent"), "source": record.source,
-            "schema_version": self.registry.version(name) if name in self.registry else None,
-            "clock_skew_seconds": when.skew_seconds,
-            "kafka_topic": where[0], "kafka_partition": where[1], "kafka_offset": where[2],
-            _GATEWAY_UA: record.user_agent,
+            "country": geo[0], "region": geo[1], "city": geo[2], "latitude": geo[3], "longitude": geo[4],
+            "time_zone": geo[5], "ip_truncated": masked, "plan_tier": None,
+            "browser": agent.browser, "os": agent.os, "device_class": agent.device_class,
+            "properties": orjson.dumps(event.get("properties") or {}).decode(),
+            "context": orjson.dumps(context).decode(),
+            "consent": orjson.dumps(consent).decode() if consent is not None else None,
+            "source": doc["source"], "schema_version": self._versions.get(name),
+            "clock_skew_seconds": (corrected - timestamp).total_seconds(),
+            "kafka_topic": msg.topic, "kafka_partition": msg.partition, "kafka_offset": msg.offset,
         }
+
+    def _dead(self, msg: Any, stage: str, reasons: list[dict[str, str]], event: Any) -> DeadLetter:
+        STAGES.inc(stage, "invalid")
+        where = (getattr(msg, "topic", None), getattr(msg, "partition", None), getattr(msg, "offset", None))
+        event_id = event.get("event_id") if isinstance(event, dict) else None
+        name = event.get("event") if isinstance(event, dict) else None
+        log.debug("dead letter: stage=%s at %s/%s/%s, %d reason(s)", stage, *where, len(reasons))
+        return DeadLetter(stage, reasons, *where, key=msg.key, original=msg.value,
+                          event_id=event_id if isinstance(event_id, str) else None,
+                          event=name if isinstance(name, str) else None)
+
+    def _time(self, text: Any) -> dt.datetime | None:
+        """:func:`parse_time`, remembered (also when the text is not a time)."""
+        parsed = parse_time(text)
+        if type(text) is str:
+            if len(self._times) >= _MEMO_SIZE:
+                self._times.clear()
+            self._times[text] = parsed
+        return parsed
+
+    def _mask(self, ip: Any) -> str | None:
+        masked = mask_ip(ip)
+        if type(ip) is str:
+            if len(self._masks) >= _MEMO_SIZE:
+                self._masks.clear()
+            self._masks[ip] = masked
+        return masked
 
     # --- step 2: per batch -------------------------------------------------------------------
     def finish(self, partials: Iterable[dict[str, Any]]) -> list[dict[str, Any] | DeadLetter]:
-        """Partial rows of one batch → output rows (one plan-tier query for the batch's cache misses)."""
-        partials = list(partials)
+        """Rows of one batch from :meth:`admit` → output rows: their plan tiers in one look-up (one query for the
+        batch's cache misses), written into the rows."""
+        rows = list(partials)
         # Counted per batch, not per event: a labelled counter costs microseconds, which add up at this rate.
-        STAGES.inc("admit", "ok", len(partials))
-        tiers = self.plan_tiers.lookup_many(p["user_id"] for p in partials)
-        out: list[dict[str, Any] | DeadLetter] = []
-        for partial in partials:
-            try:
-                out.append(self._row(partial, tiers))
-            except Exception as exc:  # a bug, not a bad event; the event still goes somewhere visible
-                STAGES.inc("enrich", "failed")
-                log.error("could not build the row at %s/%s/%s: %s", partial.get("kafka_topic"),
-                          partial.get("kafka_partition"), partial.get("kafka_offset"), type(exc).__name__)
-                out.append(DeadLetter("enrich", [_reason("", f"row could not be built ({type(exc).__name__})")],
-                                      partial.get("kafka_topic"), partial.get("kafka_partition"),
-                                      partial.get("kafka_offset"), key=None, original=None,
-                                      event_id=partial.get("event_id"), event=partial.get("event")))
-        STAGES.inc("enrich", "out", len(out))
+        STAGES.inc("admit", "ok", len(rows))
+        tiers = self.plan_tiers.lookup_many([row["user_id"] for row in rows])
+        for row in rows:
+            row["plan_tier"] = tiers.get(row["user_id"], UNKNOWN)
+        STAGES.inc("enrich", "out", len(rows))
         self.geo.publish_metrics()
         self._ua_metrics.publish_totals(*user_agent_cache_stats())
-        return out
+        return rows  # type: ignore[return-value]
 
     def _user_agent(self, context: dict[str, Any], gateway_user_agent: str | None) -> Any:
         # user_agent_info() reads only these three values; a device sends the same ones with every event.
@@ -219,22 +275,7 @@ class Stages:
         except TypeError:  # an unhashable value where a string belongs: skip the memo
             return user_agent_info({"context": context}, gateway_user_agent)
         agent = user_agent_info({"context": context}, gateway_user_agent)
-        if len(self._agents) >= _AGENT_MEMO_SIZE:
+        if len(self._agents) >= _MEMO_SIZE:
             self._agents.clear()
         self._agents[key] = agent
         return agent
-
-    def _row(self, partial: dict[str, Any], tiers: dict[str | None, str]) -> dict[str, Any]:
-        # The partial is this flow's own (nothing else holds it), so it becomes the row in place.
-        row = partial
-        context = row["context"]
-        if "ip" in context:  # already removed by the PII step; checked here so the column is IP-free regardless
-            context = {k: v for k, v in context.items() if k != "ip"}
-        agent = self._user_agent(context, row.pop(_GATEWAY_UA))
-        consent = row["consent"]
-        row["plan_tier"] = tiers.get(row["user_id"], "unknown")
-        row["browser"], row["os"], row["device_class"] = agent.browser, agent.os, agent.device_class
-        row["properties"] = orjson.dumps(row["properties"]).decode()
-        row["context"] = orjson.dumps(context).decode()
-        row["consent"] = orjson.dumps(consent).decode() if consent is not None else None
-        return row

@@ -67,27 +67,38 @@ class RawRecord:
         })
 
 
-def decode_raw(value: bytes | None) -> RawRecord:
-    """Parse a raw-topic value. :raises WireError: with a specific reason, never anything else."""
+def decode_raw_object(value: bytes | None) -> dict[str, Any]:
+    """Parse a raw-topic value into its JSON object, after the same checks as :func:`decode_raw`.
+
+    For readers that only need a few fields (the flow reads one record per event): no :class:`RawRecord` is built.
+    On return ``event`` is a dict, ``received_at`` a string and ``source`` one of :data:`SOURCES` (filled in when
+    absent); every other field is as the record has it.
+
+    :raises WireError: with a specific reason, never anything else.
+    """
     if not value:
         raise WireError("empty record")
     try:
         doc = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
         raise WireError(f"not JSON: {exc}") from None
-    if not isinstance(doc, dict):
+    if type(doc) is not dict:  # orjson builds plain dicts only; the exact check is the cheap one
         raise WireError("record is not a JSON object")
     if doc.get("v") != WIRE_VERSION:
         raise WireError(f"unsupported wire version {doc.get('v')!r}")
-    event = doc.get("event")
-    if not isinstance(event, dict):
+    if type(doc.get("event")) is not dict:
         raise WireError("record has no event object")
-    received_at = doc.get("received_at")
-    if not isinstance(received_at, str):
+    if type(doc.get("received_at")) is not str:
         raise WireError("record has no received_at")
-    source = doc.get("source", "native")
+    source = doc.setdefault("source", "native")
     if source not in SOURCES:
         raise WireError(f"unknown source {source!r}")
-    return RawRecord(event=event, received_at=received_at, gateway_id=str(doc.get("gateway_id", "")),
-                     source=source, sent_at=doc.get("sent_at"), client_ip=doc.get("client_ip"),
+    return doc
+
+
+def decode_raw(value: bytes | None) -> RawRecord:
+    """Parse a raw-topic value. :raises WireError: with a specific reason, never anything else."""
+    doc = decode_raw_object(value)
+    return RawRecord(event=doc["event"], received_at=doc["received_at"], gateway_id=str(doc.get("gateway_id", "")),
+                     source=doc["source"], sent_at=doc.get("sent_at"), client_ip=doc.get("client_ip"),
                      user_agent=doc.get("user_agent"))

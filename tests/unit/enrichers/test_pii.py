@@ -143,3 +143,36 @@ def test_plain_paths_take_the_single_copy_walk_with_the_same_result(registry):
     out = hasher.protect(event, JAN_OVERLAP)
     assert out.event == general and out.ips == ips
     assert event == identify_event() | {"event_id": event["event_id"]}  # the input is untouched
+
+
+@pytest.mark.parametrize("key_length", [0, 1, 31, 32, 64, 65, 200])
+def test_keyed_hasher_gives_the_standard_hmac_for_any_key_length(key_length):
+    from enrichers.pii import KeyedHasher
+
+    key = bytes(range(key_length))
+    hasher = KeyedHasher(key)
+    for message in (b"", b"ann@example.com", "Ünïcode ✓".encode(), b"x" * 1000):
+        assert hasher.hexdigest(message) == hmac.new(key, message, hashlib.sha256).hexdigest()
+    assert hasher.hash(" Ann@Example.com ") == hash_value("ann@example.com", key)
+    assert hasher.hash(True) == hash_value(True, key) and hasher.hash(42) == hash_value(42, key)
+
+
+def test_an_event_without_marked_values_is_copied_untouched(registry):
+    hasher = PiiHasher(parse_pii_salts(salts_env(), 14), registry.pii_fields)
+    event = identify_event()
+    for field in ("email", "phone", "username", "name", "address"):
+        del event["properties"][field]
+    del event["context"]["ip"]
+    before = {**event, "properties": dict(event["properties"]), "context": dict(event["context"])}
+    out = hasher.protect(event, DEC)
+    assert out.event == before and out.event is not event and out.ips == []
+    assert event == before
+
+
+def test_protect_parts_is_protect_as_a_tuple(registry):
+    hasher = PiiHasher(parse_pii_salts(salts_env(), 14), registry.pii_fields)
+    event = identify_event()
+    outcome = hasher.protect(event, JAN_OVERLAP, "203.0.113.9")
+    assert hasher.protect_parts(event, JAN_OVERLAP, "203.0.113.9") == (outcome.event, outcome.ips, outcome.salt_id,
+                                                                      outcome.salt_id_prev)
+    assert outcome.salt_id_prev is not None and outcome.event["properties"]["email__prev"]

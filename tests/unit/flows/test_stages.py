@@ -1,0 +1,206 @@
+"""Stages and the flow's processing step without Bytewax: rows, dead letters, the memos and the batching."""
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+
+import confluent_kafka
+import orjson
+import pytest
+from bytewax.connectors.kafka import KafkaError
+from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
+from bytewax.testing import TestingSink, TestingSource, run_main
+
+from enrichers.context import event_time
+from enrichers.geo import GeoEnricher
+from flows.dataflow import build_flow, make_processor
+from flows.outputs import KafkaRowSink, encode_row, row_record
+from flows.stages import ROW_COLUMNS, DeadLetter, Stages
+from geoip.build import build_city_database
+from schemas.registry import SchemaRegistry
+from schemas.wire import WireError, decode_raw, decode_raw_object
+from tests.flowkit import GEO_CSV, identify_event, make_settings, message, page_event, utc, wire
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return SchemaRegistry.load()
+
+
+@pytest.fixture(scope="module")
+def geo_db(tmp_path_factory):
+    return build_city_database(GEO_CSV, tmp_path_factory.mktemp("geo") / "city.mmdb")
+
+
+@pytest.fixture()
+def settings(tmp_path, geo_db):
+    with sqlite3.connect(tmp_path / "accounts.sqlite3") as conn:
+        conn.execute("CREATE TABLE accounts (user_id TEXT PRIMARY KEY, plan_tier TEXT, updated_at TEXT)")
+        conn.execute("INSERT INTO accounts VALUES ('user-1', 'pro', NULL)")
+    return make_settings(tmp_path, geo_db)
+
+
+@pytest.fixture()
+def stages(settings, registry):
+    return Stages.from_settings(settings, registry)
+
+
+def rows_of(stages, values):
+    admitted = [stages.admit(message(v, offset=i)) for i, v in enumerate(values)]
+    assert not [a for a in admitted if isinstance(a, DeadLetter)]
+    return stages.finish(admitted)
+
+
+# (event timestamp, event sent_at, batch sent_at, received_at): every branch of the clock correction
+CLOCKS = [
+    ("2026-12-03T11:59:58Z", None, "2026-12-03T11:59:59Z", "2026-12-03T12:00:00.500Z"),
+    ("2026-12-03T11:59:58Z", None, None, "2026-12-03T12:00:00Z"),
+    ("2026-12-03T12:10:00Z", None, None, "2026-12-03T12:00:00Z"),                 # from the future: receipt
+    ("2026-12-03T11:59:58+01:00", "2026-12-03T11:59:59+01:00", "2026-12-03T09:00:00Z", "2026-12-03T12:00:00Z"),
+    ("2026-12-01T10:00:00Z", None, "2026-11-01T10:00:00Z", "2026-12-03T12:00:00Z"),  # skew clamped to 2 days
+    ("2026-12-03T11:00:00Z", None, "2026-12-20T10:00:00Z", "2026-12-03T12:00:00Z"),  # clamped the other way
+    ("2026-12-03T11:59:58.123456789-05:00", None, "not a time at all, no", "2026-12-03T17:00:00.000001Z"),
+]
+
+
+@pytest.mark.parametrize("timestamp, event_sent, batch_sent, received", CLOCKS)
+def test_clock_correction_matches_event_time(stages, timestamp, event_sent, batch_sent, received):
+    event = page_event("user-1", when=timestamp)
+    if event_sent is not None:
+        event["sent_at"] = event_sent
+    # twice, so the second row comes from the memoised times
+    rows = rows_of(stages, [wire(event, received_at=received, sent_at=batch_sent)] * 2)
+    expected = event_time(event, received, batch_sent)
+    for row in rows:
+        assert row["timestamp"] == expected.timestamp and row["timestamp"].tzinfo is dt.timezone.utc
+        assert row["clock_skew_seconds"] == expected.skew_seconds
+        assert row["event_date"] == expected.event_date and row["received_at"] == utc(received)
+
+
+def test_events_of_one_gateway_batch_share_times_but_not_rows(stages):
+    first, second = page_event("user-1", when="2026-12-03T11:59:50Z"), identify_event("user-2")
+    rows = rows_of(stages, [wire(first), wire(second)])
+    assert [r["event_id"] for r in rows] == [first["event_id"], second["event_id"]]
+    assert rows[0]["timestamp"] == utc("2026-12-03T11:59:51.500Z")
+    assert rows[1]["timestamp"] == utc("2026-12-03T11:59:59.500Z")
+    assert rows[0]["received_at"] == rows[1]["received_at"]
+    assert [r["plan_tier"] for r in rows] == ["pro", "unknown"]
+    assert all(list(r) == list(ROW_COLUMNS) for r in rows)
+
+
+def test_truncated_addresses_and_drop(settings, registry):
+    stages = Stages.from_settings(settings, registry)
+    values = [wire(page_event("user-1"), client_ip=ip) for ip in ("81.2.69.142", "2a02:ec0:1:2:3:4:5:6",
+                                                                   "81.2.69.142", "bogus", None)]
+    assert [r["ip_truncated"] for r in rows_of(stages, values)] == ["81.2.69.0", "2a02:ec0:1::", "81.2.69.0", None,
+                                                                    None]
+    dropping = Stages.from_settings(make_settings(settings.data_dir, settings.geoip_db,
+                                                  HEADWATER_IP_HANDLING="drop"), registry)
+    rows = rows_of(dropping, values)
+    assert {r["ip_truncated"] for r in rows} == {None} and rows[0]["country"] == "GB"
+
+
+@pytest.mark.parametrize("value, reason", [
+    (b"", "empty record"), (b"[1]", "record is not a JSON object"), (b'{"v": 2}', "unsupported wire version 2"),
+    (b'{"v": 1, "event": [], "received_at": "x"}', "record has no event object"),
+    (b'{"v": 1, "event": {}, "received_at": 5}', "record has no received_at"),
+    (b'{"v": 1, "event": {}, "received_at": "x", "source": "other"}', "unknown source 'other'"),
+])
+def test_undecodable_records_are_dead_letters_with_their_reason(stages, value, reason):
+    letter = stages.admit(message(value, offset=7))
+    assert isinstance(letter, DeadLetter) and letter.stage == "decode" and letter.original == value
+    assert letter.reasons == [{"path": "", "message": reason}] and letter.offset == 7
+    with pytest.raises(WireError, match=reason):
+        decode_raw_object(value)
+
+
+def test_decode_raw_object_and_decode_raw_agree():
+    value = wire(page_event())
+    doc, record = decode_raw_object(value), decode_raw(value)
+    assert (doc["event"], doc["received_at"], doc["source"], doc["client_ip"]) == (
+        record.event, record.received_at, record.source, record.client_ip)
+    assert decode_raw_object(orjson.dumps({"v": 1, "event": {}, "received_at": "x"}))["source"] == "native"
+
+
+def test_an_unusable_receive_time_is_a_time_dead_letter(stages):
+    letter = stages.admit(message(wire(page_event(), received_at="yesterday-ish, roughly"), offset=0))
+    assert isinstance(letter, DeadLetter) and letter.stage == "time" and letter.event == "page_viewed"
+
+
+def test_a_row_that_cannot_be_built_is_an_enrich_dead_letter_without_the_original(settings, registry, caplog):
+    class FailingGeo(GeoEnricher):  # a fault injected where a bug would surface
+        def values(self, ips):
+            raise RuntimeError("boom")
+
+    stages = Stages.from_settings(settings, registry)
+    stages.geo = FailingGeo(None)
+    event = identify_event("user-1")
+    letter = stages.admit(message(wire(event), offset=3))
+    assert isinstance(letter, DeadLetter) and letter.stage == "enrich" and letter.original is None
+    assert letter.event_id == event["event_id"] and letter.offset == 3
+    assert "RuntimeError" in letter.reasons[0]["message"] and "Planted" not in caplog.text
+
+
+def test_the_processing_step_hands_on_one_batch_per_source_partition(stages):
+    bad = page_event()
+    del bad["properties"]["url"]
+    items = [message(wire(page_event("user-1")), offset=0, partition=1),
+             message(wire(bad), offset=1, partition=0),
+             KafkaError(confluent_kafka.KafkaError(confluent_kafka.KafkaError._TRANSPORT), message(b"", 0)),
+             message(wire(identify_event("user-2")), offset=2, partition=1),
+             message(wire(page_event("user-3")), offset=3, partition=0)]
+    batches = make_processor(stages, batch_size=1)(items)
+    assert [b.key for b in batches] == ["1", "0"]
+    one, zero = batches
+    assert [r["kafka_offset"] for r in one.rows] == [0, 2] and one.letters == []
+    assert [r["kafka_offset"] for r in zero.rows] == [3] and [l.offset for l in zero.letters] == [1]
+    assert [k for k, _ in one.keyed_rows()] == ["1", "1"] and list(zero.keyed_letters()) == [("0", zero.letters[0])]
+    assert [m.value for m in zero.letter_messages()] == [zero.letters[0].encode()]
+    assert make_processor(stages)([]) == []
+
+
+class _ListsSink(FixedPartitionedSink):
+    """Records what a partitioned sink that takes lists of rows is handed (no service behind it)."""
+
+    item_batches = True
+
+    def __init__(self, received: list):
+        self.received = received
+
+    def list_parts(self):
+        return ["0", "1"]
+
+    def build_part(self, step_id, for_part, resume_state):
+        received = self.received
+
+        class Part(StatefulSinkPartition):
+            def write_batch(self, items):
+                received.extend(items)
+
+            def snapshot(self):
+                return None
+
+        return Part()
+
+
+def test_a_sink_that_takes_lists_gets_one_list_per_source_batch_and_partition(settings, registry):
+    values = [wire(page_event(f"user-{i}")) for i in range(6)]
+    items = [message(v, offset=i, partition=i % 2) for i, v in enumerate(values)]
+    lists, rows, letters = [], [], []
+    flow = build_flow(settings, source=TestingSource(items, batch_size=6),
+                      sinks={"lists": _ListsSink(lists), "rows": TestingSink(rows)}, dead_letters=TestingSink(letters),
+                      registry=registry, today=dt.date(2026, 12, 3))
+    run_main(flow)
+    assert sorted(len(batch) for batch in lists) == [3, 3]
+    assert all(len({r["kafka_partition"] for r in batch}) == 1 for batch in lists)
+    assert sorted(encode_row(r) for batch in lists for r in batch) == sorted(encode_row(r) for r in rows)
+
+
+def test_the_kafka_row_sink_flattens_lists_of_rows(stages):
+    rows = rows_of(stages, [wire(page_event("user-1")), wire(page_event("user-2"))])
+    config = {"bootstrap.servers": "127.0.0.1:9", "message.timeout.ms": 1000, "log_level": 0}  # nothing listens
+    sink = KafkaRowSink(config, "t", row_record, item_batches=True)
+    part = sink.build_part("step", "0", None)
+    part.write_batch([rows[:1], rows[1:], []])
+    assert len(sink._producer.producer) == 2  # queued in librdkafka, one record per row
+    sink._producer.producer.purge()
