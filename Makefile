@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install tools dbt-venv demo test unit integration up down status lint clean
+.PHONY: install tools dbt-venv quix-venv bench demo test unit integration up down status lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,23 @@ $(DBT_STAMP): dbt/requirements.txt
 	@touch $@
 
 dbt-venv: $(DBT_STAMP)
+
+# quixstreams, the peer the flow is benchmarked against, pins confluent-kafka < 2.13 and pydantic < 2.14: it gets a
+# virtualenv of its own with the project's other runtime dependencies and the project itself (no deps).
+QUIX_STAMP := .venv-quix/.installed-stamp
+$(QUIX_STAMP): pyproject.toml
+	@test -x .venv-quix/bin/python || $(PYTHON) -m venv .venv-quix
+	.venv-quix/bin/python -m pip install --quiet --upgrade pip
+	.venv-quix/bin/python -m pip install --quiet "quixstreams==3.28.1" "pydantic==2.13.5" $$($(BIN)/python -c 'import tomllib; print(" ".join(d for d in tomllib.load(open("pyproject.toml","rb"))["project"]["dependencies"] if not d.startswith(("bytewax","confluent-kafka","pydantic"))))')
+	.venv-quix/bin/python -m pip install --quiet --no-deps -e .
+	@touch $@
+
+quix-venv: $(QUIX_STAMP)
+
+# Every benchmark against its ceiling and the quixstreams peer; writes bench/results/latest.{md,png} (< 10 min).
+bench: install quix-venv
+	$(BIN)/headwater devstack up
+	$(BIN)/headwater bench all; rc=$$?; $(BIN)/headwater devstack down; exit $$rc
 
 # Starts the real services, runs the whole suite against them, and stops what it started whatever the result.
 test: install tools dbt-venv

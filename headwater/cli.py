@@ -173,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     from quality.cli import add_parser as add_quality_command
 
     add_quality_command(sub)
+    from bench.cli import add_parser as add_bench_command
+
+    add_bench_command(sub)
     return parser
 
 
