@@ -9,6 +9,7 @@ lifespan, once per worker process.
 from __future__ import annotations
 
 import contextlib
+import gc
 import hmac
 import os
 from typing import AsyncIterator
@@ -132,13 +133,31 @@ async def optout(request: Request) -> Response:
     return _json({"subject_id": subject, "opted_out": True, "since": since})
 
 
+def tune_garbage_collector() -> None:
+    """Set the collector up for a server process whose requests make many short-lived containers.
+
+    Everything alive once the gateway is open (modules, compiled schemas, clients) is moved out of the
+    collector's sight (``gc.freeze``), so the full collections that allocation bursts trigger no longer walk
+    it all again; and the youngest generation is collected every 10,000 allocations instead of 700, once
+    per few requests rather than several times per request (parsing a 50-event batch alone allocates
+    about a thousand dicts, nearly all freed by reference counting anyway). Process-wide: only the server
+    entry point calls it, never an embedding application.
+    """
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(10_000, gen1, gen2)
+
+
 def create_app(settings: Settings, *, options: GatewayOptions | None = None,
-               registry: SchemaRegistry | None = None) -> Starlette:
+               registry: SchemaRegistry | None = None, server_process: bool = False) -> Starlette:
     """Build the gateway app; its clients open when the app starts (lifespan).
 
     :param settings: the shared settings object
     :param options: gateway options beyond the settings (default: read from ``settings``)
     :param registry: a loaded schema registry (default: the catalogue shipped in ``schemas/``)
+    :param server_process: the app owns its process (``headwater gateway``): tune the process-wide garbage
+        collector once the gateway is open (see :func:`tune_garbage_collector`)
     """
     configure_logging(settings.log_level)
     gateway = Gateway(settings, options, registry)
@@ -146,6 +165,8 @@ def create_app(settings: Settings, *, options: GatewayOptions | None = None,
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await gateway.open()
+        if server_process:
+            tune_garbage_collector()
         try:
             yield
         finally:
@@ -167,4 +188,4 @@ def create_app(settings: Settings, *, options: GatewayOptions | None = None,
 
 def app_from_environment() -> Starlette:
     """Factory for ``uvicorn --factory``: settings from ``HEADWATER_*`` (and ``HEADWATER_CONFIG``)."""
-    return create_app(load_settings(os.environ))
+    return create_app(load_settings(os.environ), server_process=True)

@@ -151,16 +151,25 @@ def parse_batch(data: bytes, max_events: int) -> Batch:
     return Batch(events=events, sent_at=sent_at, consent=consent, size=len(data))
 
 
-def oversized_events(batch: Batch, limit: int) -> dict[int, int]:
-    """Index -> encoded size of each event larger than ``limit`` bytes.
+def encoded_events(batch: Batch, limit: int) -> list[bytes] | None:
+    """Each event's JSON text when the body is large enough for one event to pass ``limit`` bytes, else None.
 
-    A body no larger than the limit cannot hold such an event, which spares the usual request any work.
+    A body no larger than the limit cannot hold such an event, which spares the usual small request any
+    work. The texts are what the raw records embed, so the gateway serializes an event once, not twice.
     """
     if batch.size <= limit:
+        return None
+    dumps = orjson.dumps
+    return [dumps(event) for event in batch.events]
+
+
+def oversized_events(batch: Batch, limit: int, encoded: list[bytes] | None = None) -> dict[int, int]:
+    """Index -> encoded size of each event larger than ``limit`` bytes.
+
+    :param encoded: the batch's :func:`encoded_events`, when already computed
+    """
+    if encoded is None:
+        encoded = encoded_events(batch, limit)
+    if encoded is None:
         return {}
-    out = {}
-    for index, event in enumerate(batch.events):
-        size = len(orjson.dumps(event))
-        if size > limit:
-            out[index] = size
-    return out
+    return {index: len(text) for index, text in enumerate(encoded) if len(text) > limit}

@@ -2,9 +2,10 @@
 
 Order of checks, cheapest and most protective first: load (429) → compressed size → signature (before
 anything is inflated, so an unsigned gzip bomb costs nothing) → inflate within the limit → idempotent retry
-→ replay → JSON shape → per event: size, consent, opt-out, schema, signing device → event-id dedup →
-publish (Kafka or spool) → audit of rejections → answer. A per-event problem never fails the request: the
-answer lists each rejected event with its reasons.
+→ JSON shape → per event: size, consent, opt-out, schema, signing device → replay check and event-id dedup
+(one round trip to Redis; a replayed request is refused there, before anything is published, audited or
+counted) → publish (Kafka or spool) → audit of rejections → answer. A per-event problem never fails the
+request: the answer lists each rejected event with its reasons.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ingest_gateway.body import BodyError, inflate, oversized_events, parse_batch, read_body
+from ingest_gateway.body import BodyError, encoded_events, inflate, oversized_events, parse_batch, read_body
 from ingest_gateway.dedup import IdempotencyCache, IdempotencyError, StoredResponse
 from ingest_gateway.gateway import Gateway
 from ingest_gateway.ingest import RequestRefused, guarded, ingest, now_rfc3339
@@ -95,27 +96,19 @@ async def _forget(gw: Gateway, cache_key: str) -> None:
 
 async def _process(gw: Gateway, request: Request, request_id: str, data: bytes,
                    device: str | None, signature: str | None) -> Response:
-    settings, options = gw.settings, gw.options
-    if signature is not None:
-        try:
-            await gw.verifier.check_replay(signature)
-        except SignatureError as exc:
-            raise RequestRefused(401, exc.code, exc.message) from None
-        except RedisError as exc:
-            gw.metrics.dependency_errors.labels("redis").inc()
-            raise RequestRefused(503, "dependency_unavailable", f"replay store unavailable: {exc}",
-                                 options.retry_after_seconds) from None
+    settings = gw.settings
     try:
         batch = parse_batch(data, settings.max_batch_events)
     except BodyError as exc:
         raise RequestRefused(exc.status, exc.code, exc.message) from None
 
     limit = settings.max_event_bytes
+    encoded = encoded_events(batch, limit)
     refused = {index: [f"(event): {size} bytes is over the limit of {limit} bytes per event"]
-               for index, size in oversized_events(batch, limit).items()}
+               for index, size in oversized_events(batch, limit, encoded).items()}
     outcome = await ingest(gw, request, request_id, batch.events, source="native", received_at=now_rfc3339(),
                            sent_at=batch.sent_at, consent=batch.analytics_consent, refused=refused,
-                           device=device, signature=signature)
+                           device=device, signature=signature, encoded=encoded)
     answer: dict[str, Any] = {
         "accepted": outcome.accepted, "duplicates": outcome.duplicates, "no_consent": outcome.no_consent,
         "rejected": [{"index": i, "event_id": event_id, "errors": reasons}

@@ -7,8 +7,10 @@ from sharing a spool directory (each opens its own slot).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
+import uuid
 from typing import Any
 
 from headwater.settings import Settings
@@ -44,6 +46,10 @@ class Gateway:
         self.require_signature = self.options.signature_required(bool(self.signing_keys))
         self.write_keys: tuple[bytes, ...] = tuple(k.encode() for k in (_reveal(settings.write_keys) or ()))
         self.inflight = 0
+        # Request ids need to be unique, not unpredictable: a random prefix per app and a counter make them
+        # so for the price of a string format (uuid4 costs a getrandom() system call per request).
+        self._request_id_prefix = uuid.uuid4().hex[:16]
+        self._request_numbers = itertools.count(1)
         o = self.options
         self.flags = FlagSource(Flags(edge_proxy_enabled=o.edge_proxy_enabled, dark_mode=o.dark_mode,
                                       rollout_percent=o.rollout_percent), o.flags_file, o.flags_check_seconds)
@@ -58,6 +64,10 @@ class Gateway:
         self.optouts: OptOutRegistry | None = None
         self.audit_key = b""
         self._kafka_check: tuple[float, bool] = (0.0, False)
+
+    def new_request_id(self) -> str:
+        """A 32-hex-digit id for a request that brought none (``X-Request-ID``)."""
+        return f"{self._request_id_prefix}{next(self._request_numbers):016x}"
 
     @property
     def dark(self) -> bool:
@@ -75,7 +85,8 @@ class Gateway:
         self.verifier = SignatureVerifier(self.signing_keys, s.signature_skew_seconds, self.kv)
         if not self.require_signature:
             log.warning("request signatures are NOT required (no hmac_keys configured)")
-        self.dedup = EventDedup(self.kv, s.dedup_window_seconds)
+        self.dedup = EventDedup(self.kv, s.dedup_window_seconds,
+                                on_error=lambda _exc: self.metrics.dependency_errors.labels("redis").inc())
         self.idempotency = IdempotencyCache(self.kv, s.dedup_window_seconds)
         self.audit_key = o.audit_hash_key or await asyncio.to_thread(
             deployment_key, o.sqlite_path.parent / "audit-hash.key")
@@ -97,6 +108,11 @@ class Gateway:
             await self.optouts.stop()
         if self.publisher:
             await asyncio.to_thread(self.publisher.close)
+        if self.dedup:
+            try:
+                await self.dedup.close()
+            except Exception as exc:  # they expire as pending claims instead; see EventDedup
+                log.warning("could not write the last event-id confirmations: %s", exc)
         if self.kv:
             await self.kv.close()
         if self.store:

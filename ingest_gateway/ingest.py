@@ -1,7 +1,7 @@
 """What every ingest endpoint does with a batch once its body is parsed: the one path to Kafka.
 
 Per event: refusals found earlier (size, mapping) → consent → opt-out → schema → signing device; then
-event-id dedup → publish (Kafka or spool) → audit of rejections → metrics. The native endpoint
+one round trip to the key store for the signature's replay check and the event-id dedup → publish (Kafka or spool) → audit of rejections → metrics. The native endpoint
 (:mod:`ingest_gateway.collect`) and the Segment-compatible one (:mod:`ingest_gateway.segment`) differ only
 in how they read and authenticate a request and how they phrase the answer; both end here.
 """
@@ -10,22 +10,25 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Awaitable, Callable
 
+import orjson
 from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 
 from ingest_gateway.audit import RejectedEvent
 from ingest_gateway.consent import event_denies_consent
+from ingest_gateway.dedup import Replayed
 from ingest_gateway.gateway import Gateway
 from ingest_gateway.logs import request_id_var
 from ingest_gateway.producer import Message, SpoolFull
+from ingest_gateway.signing import replayed_error
 from schemas.wire import RawRecord
 
 log = logging.getLogger("headwater.gateway.ingest")
+_REPLAYED = (replayed_error().code, replayed_error().message)
 
 
 class RequestRefused(Exception):
@@ -49,7 +52,7 @@ async def guarded(gw: Gateway, request: Request, route: str,
     :param handle: does the work, given the request id
     :param error: builds the endpoint's error answer ``(status, code, message, request_id, retry_after)``
     """
-    request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+    request_id = request.headers.get("x-request-id") or gw.new_request_id()
     token = request_id_var.set(request_id)
     started = time.perf_counter()
     status = 500
@@ -72,8 +75,7 @@ async def guarded(gw: Gateway, request: Request, route: str,
         response.headers["X-Request-ID"] = request_id
         return response
     finally:
-        gw.metrics.latency.labels(route).observe(time.perf_counter() - started)
-        gw.metrics.requests.labels(route, str(status)).inc()
+        gw.metrics.request_done(route, status, time.perf_counter() - started)
         request_id_var.reset(token)
 
 
@@ -108,7 +110,8 @@ def _format_issues(issues) -> list[str]:
 async def ingest(gw: Gateway, request: Request, request_id: str, events: list[Any], *, source: str,
                  received_at: str, sent_at: str | None, consent: bool = True,
                  refused: dict[int, list[str]] | None = None, payloads: list[Any] | None = None,
-                 device: str | None = None, signature: str | None = None) -> Outcome:
+                 device: str | None = None, signature: str | None = None,
+                 encoded: list[bytes] | None = None) -> Outcome:
     """Validate, de-duplicate, publish and audit one batch.
 
     :param events: the events in our envelope (still unvalidated JSON values)
@@ -118,18 +121,24 @@ async def ingest(gw: Gateway, request: Request, request_id: str, events: list[An
     :param payloads: what the client sent for each event, when it differs from ``events`` (the audit hash
         is computed over it, so an operator can match the client's own copy)
     :param device, signature: the signing device of a signed request; its events must carry that device
-    :raises RequestRefused: 503 when neither Kafka nor the spool can take the batch
+    :param encoded: each event's JSON text when the caller already has it (see
+        :func:`ingest_gateway.body.encoded_events`); the raw records embed it instead of serializing again
+    :raises RequestRefused: 401 for a replayed signature, 503 when neither Kafka nor the spool can take the
+        batch or a signed request cannot be checked for replay
     """
     options, metrics, registry = gw.options, gw.metrics, gw.registry
     dark = gw.dark
     outcome = Outcome(dark_mode=dark)
     valid: list[dict[str, Any]] = []
+    valid_texts: list[bytes] | None = [] if encoded is not None else None
     rejected: list[tuple[int, Any, list[str]]] = []
+    failed_schemas: list[str] = []
     if not consent:
         outcome.no_consent = len(events)
     else:
         optouts = gw.optouts
         validate = registry.validate
+        check_device = device is not None and signature is not None
         for index, event in enumerate(events):
             if refused and index in refused:
                 rejected.append((index, event, refused[index]))
@@ -140,33 +149,33 @@ async def ingest(gw: Gateway, request: Request, request_id: str, events: list[An
             issues = validate(event)
             if issues:
                 name = event.get("event") if type(event) is dict else None
-                metrics.schema_failures.labels(name if name in registry else "unknown").inc()
+                failed_schemas.append(name if name in registry else "unknown")
                 rejected.append((index, event, _format_issues(issues)))
                 continue
-            if device is not None and signature is not None and event.get("device_id", device) != device:
+            if check_device and event.get("device_id", device) != device:
                 rejected.append((index, event, ["device_id: does not match the signing device (X-Headwater-Device)"]))
                 continue
             valid.append(event)
+            if valid_texts is not None:
+                valid_texts.append(encoded[index])
 
-    fresh = valid
-    if valid and not dark:
-        ids = [e["event_id"] for e in valid]
-        try:
-            first = await gw.dedup.claim(ids)
-        except RedisError as exc:  # fail open: downstream sinks are idempotent on event_id
-            metrics.dependency_errors.labels("redis").inc()
-            log.warning("event-id dedup unavailable, accepting without it: %s", exc)
-            first = [True] * len(ids)
-        if not all(first):
-            fresh = [e for e, is_first in zip(valid, first) if is_first]
-            outcome.duplicates = len(valid) - len(fresh)
+    first = await _admit(gw, [] if dark else [e["event_id"] for e in valid], signature)  # dark mode claims nothing
+    fresh, fresh_texts = valid, valid_texts
+    if not all(first):
+        fresh = [e for e, is_first in zip(valid, first) if is_first]
+        if valid_texts is not None:
+            fresh_texts = [t for t, is_first in zip(valid_texts, first) if is_first]
+        outcome.duplicates = len(valid) - len(fresh)
+    for name in failed_schemas:  # counted once the request is known not to be a replay
+        metrics.schema_failures.labels(name).inc()
 
     records = [RejectedEvent.build(event, reasons, key=gw.audit_key, received_at=received_at,
                                    gateway_id=options.gateway_id, request_id=request_id, source=source,
                                    payload=payloads[index] if payloads is not None else event)
                for index, event, reasons in rejected]
     if not dark:
-        await _publish(gw, request, fresh, records, source=source, received_at=received_at, sent_at=sent_at)
+        await _publish(gw, request, fresh, fresh_texts, records, source=source, received_at=received_at,
+                       sent_at=sent_at)
 
     if records:
         try:
@@ -183,25 +192,82 @@ async def ingest(gw: Gateway, request: Request, request_id: str, events: list[An
     metrics.count("duplicate", outcome.duplicates)
     metrics.count("no_consent", outcome.no_consent)
     metrics.count("rejected", len(rejected))
-    log.info("ingest", extra={"source": source, "events": len(events), "accepted": outcome.accepted,
-                              "rejected": len(rejected), "duplicates": outcome.duplicates,
-                              "no_consent": outcome.no_consent, "device": device, "dark": dark})
+    if log.isEnabledFor(logging.INFO):
+        log.info("ingest", extra={"source": source, "events": len(events), "accepted": outcome.accepted,
+                                  "rejected": len(rejected), "duplicates": outcome.duplicates,
+                                  "no_consent": outcome.no_consent, "device": device, "dark": dark})
     return outcome
 
 
-async def _publish(gw: Gateway, request: Request, fresh: list[dict[str, Any]], records: list[RejectedEvent], *,
-                   source: str, received_at: str, sent_at: str | None) -> None:
+async def _admit(gw: Gateway, event_ids: list[str], signature: str | None) -> list[bool]:
+    """The request's one trip to the key store: its replay check (signed requests) and the claim of its
+    event ids. :returns: for each id, whether it is seen for the first time. :raises RequestRefused: 401 for
+    a replay, 503 when a signed request cannot be checked for replay."""
+    if not event_ids and signature is None:
+        return []
+    once_key, once_ttl = gw.verifier.replay_key(signature) if signature is not None else (None, 0)
+    try:
+        return await gw.dedup.admit(event_ids, once_key, once_ttl)
+    except Replayed:
+        raise RequestRefused(401, *_REPLAYED) from None
+    except RedisError as exc:
+        gw.metrics.dependency_errors.labels("redis").inc()
+        if signature is not None:  # replay protection cannot be skipped
+            raise RequestRefused(503, "dependency_unavailable", f"replay store unavailable: {exc}",
+                                 gw.options.retry_after_seconds) from None
+        # fail open: downstream sinks are idempotent on event_id
+        log.warning("event-id dedup unavailable, accepting without it: %s", exc)
+        return [True] * len(event_ids)
+
+
+def raw_messages(topic: str, events: list[dict[str, Any]], schema_version: Callable[[str], int],
+                 common: RawRecord, texts: list[bytes] | None = None) -> list[Message]:
+    """The raw-topic messages of a request's accepted events: for each, exactly what
+    ``RawRecord(event, **common fields, schema_version)`` gives as key, value and headers.
+
+    Everything but the event is the same for the whole request, so the record's outer object is built once
+    and only its ``event`` swapped: one ``orjson.dumps`` per event and no per-event record object. The
+    field order is ``RawRecord.encode``'s, so the bytes are the same (a unit test holds the two together).
+
+    :param common: a record carrying the request's fields (its ``event`` and ``schema_version`` are ignored)
+    :param texts: each event's own JSON text, when already made: the value is then that text spliced into
+        the outer object's (``event`` is its last field), byte for byte what serializing the whole gives
+    """
+    shell = replace(common, event={}).encode()
+    if texts is not None and not shell.endswith(b'"event":{}}'):
+        raise RuntimeError("RawRecord.encode no longer writes the event last: splicing texts would be wrong")
+    head = shell[: -len(b"{}}")]
+    outer = orjson.loads(shell)
+    dumps = orjson.dumps
+    versions: dict[str, bytes] = {}
+    messages = []
+    for index, event in enumerate(events):
+        get = event.get
+        name = get("event", "")
+        version = versions.get(name)
+        if version is None:
+            version = versions[name] = str(schema_version(name)).encode()
+        subject = get("user_id") or get("anonymous_id") or get("device_id") or get("event_id") or ""
+        if texts is not None:
+            value = head + texts[index] + b"}"
+        else:
+            outer["event"] = event
+            value = dumps(outer)
+        messages.append(Message(topic, str(subject).encode(), value,
+                                [("hw-event", str(name).encode()), ("hw-event-id", str(get("event_id", "")).encode()),
+                                 ("hw-schema-version", version)]))
+    return messages
+
+
+async def _publish(gw: Gateway, request: Request, fresh: list[dict[str, Any]], fresh_texts: list[bytes] | None,
+                   records: list[RejectedEvent], *, source: str, received_at: str, sent_at: str | None) -> None:
     settings, options, metrics = gw.settings, gw.options, gw.metrics
     ip = client_ip(request, options.trust_forwarded_for)
     user_agent = request.headers.get("user-agent")
     raw_topic, rejected_topic = settings.kafka_topic_raw, settings.kafka_topic_rejected
-    version = gw.registry.version
-    messages = []
-    for event in fresh:
-        record = RawRecord(event=event, received_at=received_at, gateway_id=options.gateway_id,
-                           source=source, sent_at=sent_at, client_ip=ip,
-                           user_agent=user_agent, schema_version=version(event["event"]))
-        messages.append(Message(raw_topic, record.key, record.encode(), record.headers()))
+    messages = raw_messages(raw_topic, fresh, gw.registry.version, RawRecord(
+        event={}, received_at=received_at, gateway_id=options.gateway_id, source=source, sent_at=sent_at,
+        client_ip=ip, user_agent=user_agent), fresh_texts)
     for r in records:
         messages.append(Message(rejected_topic, (r.event_id or "").encode() or None, r.encode(), r.headers()))
     fresh_ids = [e["event_id"] for e in fresh]
@@ -217,11 +283,8 @@ async def _publish(gw: Gateway, request: Request, fresh: list[dict[str, Any]], r
         raise
     if route == "spool":
         metrics.spooled.inc()
-    if fresh_ids:
-        try:
-            await gw.dedup.confirm(fresh_ids)
-        except RedisError:
-            metrics.dependency_errors.labels("redis").inc()
+    if fresh_ids:  # written with a later admission (its failures are counted there)
+        await gw.dedup.confirm(fresh_ids)
 
 
 async def _release(gw: Gateway, event_ids: list[str]) -> None:

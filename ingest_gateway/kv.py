@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from dataclasses import dataclass, field
 
 
 class MemoryKV:
@@ -62,11 +63,45 @@ class MemoryKV:
     async def first_seen(self, key: str, ttl_seconds: int) -> bool:
         return (await self.set_nx([key], b"1", ttl_seconds))[0]
 
+    async def admit(self, step: AdmitStep) -> list[bool] | None:
+        """See :class:`AdmitStep`; the same answers as :meth:`RedisKV.admit`, in process."""
+        prefix = step.prefix
+        if step.settle:
+            await self.set([prefix + name for name in step.settle], step.settle_value, step.settle_ttl)
+        if step.once_key is not None and not (await self.set_nx([step.once_key], b"1", step.once_ttl))[0]:
+            return None
+        if not step.claim:
+            return []
+        return await self.set_nx([prefix + name for name in step.claim], step.claim_value, step.claim_ttl)
+
     async def ping(self) -> bool:
         return True
 
     async def close(self) -> None:
         self._data.clear()
+
+
+@dataclass(frozen=True, slots=True)
+class AdmitStep:
+    """Everything one request asks of the key store, done in one round trip and in this order:
+
+    1. ``settle``: keys set unconditionally (``SET EX``), e.g. event ids of earlier requests now durable;
+    2. ``once_key``: set only if absent (``SET NX EX``); when it was already there the request is a replay
+       and nothing is claimed;
+    3. ``claim``: each key set only if absent; the answer says which ones this request set first.
+
+    Claimed and settled keys are ``prefix + name``; a name must not contain a newline.
+    """
+
+    prefix: str
+    claim: list[str]
+    claim_value: bytes
+    claim_ttl: int
+    once_key: str | None = None
+    once_ttl: int = 0
+    settle: list[str] = field(default_factory=list)
+    settle_value: bytes = b"1"
+    settle_ttl: int = 1
 
 
 # One command per batch instead of one per key: redis-py spends far more CPU packing and parsing 50
@@ -78,12 +113,50 @@ for i, key in ipairs(KEYS) do
 end
 return out
 """
+# The whole admission of a request in one script (see AdmitStep). KEYS: the once key, or none. The claimed
+# and settled names come as one newline-separated argument each and the answer is one string, '1' or '0'
+# per claimed name, or nil for a replay: redis-py spends several microseconds packing each argument and
+# parsing each element of a reply, Redis a fraction of that splitting a string. (The keys built here are not
+# declared, so this needs a non-clustered Redis, as the other multi-key scripts do.)
+_ADMIT_SCRIPT = """
+local function names(text, count)
+  local out, from = {}, 1
+  for i = 1, count do
+    local to = string.find(text, '\\n', from, true)
+    if to == nil then to = #text + 1 end
+    out[i] = string.sub(text, from, to - 1)
+    from = to + 1
+  end
+  return out
+end
+local prefix = ARGV[1]
+local settled = names(ARGV[8], tonumber(ARGV[7]))
+for i = 1, #settled do
+  redis.call('SET', prefix .. settled[i], ARGV[9], 'EX', ARGV[10])
+end
+if #KEYS == 1 and not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) then
+  return false
+end
+local claimed = names(ARGV[4], tonumber(ARGV[3]))
+local out = {}
+for i = 1, #claimed do
+  if redis.call('SET', prefix .. claimed[i], ARGV[5], 'NX', 'EX', ARGV[6]) then out[i] = '1' else out[i] = '0' end
+end
+return table.concat(out)
+"""
 _SET_SCRIPT = """
 for _, key in ipairs(KEYS) do
   redis.call('SET', key, ARGV[1], 'EX', ARGV[2])
 end
 return #KEYS
 """
+
+
+def _joined(names: list[str]) -> str:
+    text = "\n".join(names)
+    if names and text.count("\n") != len(names) - 1:
+        raise ValueError("a key name given to the admission script contains a newline")
+    return text
 
 
 class RedisKV:
@@ -99,6 +172,7 @@ class RedisKV:
         self._redis = client
         self._set_nx = client.register_script(_SET_NX_SCRIPT)
         self._set = client.register_script(_SET_SCRIPT)
+        self._admit = client.register_script(_ADMIT_SCRIPT)
 
     @classmethod
     def from_url(cls, url: str) -> "RedisKV":
@@ -126,6 +200,17 @@ class RedisKV:
 
     async def first_seen(self, key: str, ttl_seconds: int) -> bool:
         return bool(await self._redis.set(key, b"1", nx=True, ex=ttl_seconds))
+
+    async def admit(self, step: AdmitStep) -> list[bool] | None:
+        """See :class:`AdmitStep`. :returns: None for a replay, else one flag per claimed key."""
+        claim, settle = _joined(step.claim), _joined(step.settle)
+        answer = await self._admit(keys=[step.once_key] if step.once_key is not None else [],
+                                   args=[step.prefix, step.once_ttl, len(step.claim), claim, step.claim_value,
+                                         step.claim_ttl, len(step.settle), settle, step.settle_value,
+                                         step.settle_ttl])
+        if answer is None:
+            return None
+        return [flag == 49 for flag in answer]  # b"1"
 
     async def ping(self) -> bool:
         return bool(await self._redis.ping())

@@ -6,7 +6,7 @@ run with ``PROMETHEUS_MULTIPROC_DIR`` set.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -40,6 +40,17 @@ class GatewayMetrics:
         self.spool_bytes = Gauge("analytics_gateway_spool_bytes", "Bytes waiting in the disk spool.", registry=r)
         self.spool_bytes.set_function(spool_bytes)
         self.inflight = Gauge("analytics_gateway_inflight_requests", "Collect requests being processed.", registry=r)
+        self._request_children: dict[tuple[str, int], tuple[Any, Any]] = {}
+
+    def request_done(self, route: str, status: int, seconds: float) -> None:
+        """One finished request: its latency and its status count. The labelled children are looked up
+        once per (route, status) and kept, since ``labels()`` takes a lock and builds a key on every call."""
+        children = self._request_children.get((route, status))
+        if children is None:
+            children = (self.latency.labels(route), self.requests.labels(route, str(status)))
+            self._request_children[(route, status)] = children
+        children[0].observe(seconds)
+        children[1].inc()
 
     def count(self, result: str, amount: int) -> None:
         if amount:

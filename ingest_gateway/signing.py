@@ -122,8 +122,17 @@ class SignatureVerifier:
             raise SignatureError("signature_mismatch", "signature does not match the body")
         return device, expected
 
+    def replay_key(self, signature: str) -> tuple[str, int]:
+        """``(key, ttl)`` under which a used signature is remembered: a timestamp is accepted up to skew
+        seconds either side, so a signature is live for 2 * skew. The gateway sets this key together with
+        its other per-request keys (one round trip); :meth:`check_replay` does it on its own."""
+        return "hw:sig:" + signature, 2 * self._skew
+
     async def check_replay(self, signature: str) -> None:
         """:raises SignatureError: when this (valid) signature was already used within the window."""
-        # A timestamp is accepted up to skew seconds either side, so a signature is live for 2 * skew.
-        if not await self._replays.first_seen("hw:sig:" + signature, 2 * self._skew):
-            raise SignatureError("signature_replayed", "this signature was already used; sign each request anew")
+        if not await self._replays.first_seen(*self.replay_key(signature)):
+            raise replayed_error()
+
+
+def replayed_error() -> SignatureError:
+    return SignatureError("signature_replayed", "this signature was already used; sign each request anew")
