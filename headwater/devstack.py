@@ -484,7 +484,8 @@ def _services(stack: Devstack) -> list[Service]:
         ),
         Service(
             "snowflake", p["snowflake"],
-            # -d keeps the databases on disk, so a restarted server (an outage test) still has its data.
+            # fakesnow 0.12 ignores -d in server mode and keeps everything in memory: a restart loses the data
+            # (outage tests freeze it with SIGSTOP instead). -d is passed for versions that honour it.
             command=lambda s: [_venv_script("fakesnow"), "-s", "--host", "127.0.0.1", "-p",
                                str(s.ports["snowflake"]), "-d", str(s.path("snowflake"))],
             ready=_snowflake_ready, prepare=lambda s: s.path("snowflake").mkdir(parents=True, exist_ok=True),

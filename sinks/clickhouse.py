@@ -24,8 +24,9 @@ from typing import Any, Sequence
 from urllib.parse import unquote, urlsplit
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from sinks.base import BatchWriter, RetryPolicy
+from sinks.base import BatchWriter, RetryPolicy, column_lists
 from sinks.clickhouse_schema import (MIGRATIONS_TABLE, Column, ServerFeatures, arrow_schema, columns_at,
                                      migrations_table_ddl, pending)
 
@@ -98,8 +99,10 @@ class _NativeEngine:
     def execute(self, sql: str, settings: dict[str, Any] | None = None) -> list[tuple]:
         return self.client.execute(sql, settings=settings or {})
 
-    def insert(self, table: str, columns: Sequence[Column], rows: Sequence[dict[str, Any]]) -> None:
-        data = [_column_values(c, rows) for c in columns]
+    def insert(self, table: str, columns: Sequence[Column], rows: Sequence[dict[str, Any]],
+               features: ServerFeatures) -> None:
+        values = column_lists(rows, (c.name for c in columns))
+        data = [_native_column(c, values[c.name], features) for c in columns]
         names = ", ".join(f"`{c.name}`" for c in columns)
         # types_check off: the columns are built above to the exact Python types the driver expects.
         self.client.execute(f"INSERT INTO {table} ({names}) VALUES", data, columnar=True, types_check=False)
@@ -129,8 +132,10 @@ class _ChdbEngine:
             return []
         return [tuple(r.values()) for r in table.to_pylist()]
 
-    def insert(self, table: str, columns: Sequence[Column], rows: Sequence[dict[str, Any]]) -> None:
-        batch = pa.Table.from_pydict({c.name: _column_values(c, rows, native=False) for c in columns},
+    def insert(self, table: str, columns: Sequence[Column], rows: Sequence[dict[str, Any]],
+               features: ServerFeatures) -> None:
+        values = column_lists(rows, (c.name for c in columns))
+        batch = pa.Table.from_pydict({c.name: _zero_filled(c, values[c.name]) for c in columns},
                                      schema=arrow_schema(tuple(columns)))
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, batch.schema) as writer:
@@ -192,20 +197,24 @@ def _literal(value: Any) -> str:
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 
-def _column_values(column: Column, rows: Sequence[dict[str, Any]], native: bool = True) -> list[Any]:
-    """One column of the batch. A None in a non-nullable column becomes that type's zero value; the native
-    driver also gets timestamps as aware datetimes, which it converts to the column's UTC epoch."""
-    name = column.name
-    values = [row.get(name) for row in rows]
-    if column.nullable:
+def _zero_filled(column: Column, values: list[Any]) -> list[Any]:
+    """``values`` of ``column`` with None replaced by the type's zero value where the column is not nullable."""
+    if column.nullable or None not in values:
         return values
-    if column.kind in ("str", "lowcard", "json"):
-        return [v if v is not None else "" for v in values]
-    if column.kind == "time":
-        return [v if v is not None else _EPOCH for v in values]
-    if column.kind == "date":
-        return [v if v is not None else _EPOCH.date() for v in values]
-    return [v if v is not None else 0 for v in values]
+    zero: Any = {"str": "", "lowcard": "", "json": "", "time": _EPOCH, "date": _EPOCH.date()}.get(column.kind, 0)
+    return [zero if v is None else v for v in values]
+
+
+def _native_column(column: Column, values: list[Any], features: ServerFeatures) -> list[Any]:
+    """One column as clickhouse-driver takes it with type checks off. Timestamps go as integers in the column's
+    unit (seconds for DateTime, microseconds for DateTime64(6)), converted in Arrow: the driver would convert each
+    aware datetime in Python (``astimezone`` and ``timestamp``)."""
+    if column.kind != "time":
+        return _zero_filled(column, values)
+    micros = pc.fill_null(pa.array(values, type=pa.timestamp("us", tz="UTC")).cast(pa.int64()), 0)
+    if not features.datetime64:
+        micros = pc.divide(micros, 10**6)  # whole seconds, truncated as the driver would
+    return micros.to_pylist()
 
 
 # --- the writer ---------------------------------------------------------------------------
@@ -295,7 +304,9 @@ class ClickHouseWriter(BatchWriter):
     def write_batch(self, rows: Sequence[dict[str, Any]]) -> None:
         if not rows:
             return
-        self._open().insert(self.qualified_table, self._columns, rows)
+        engine = self._open()
+        assert self.features is not None
+        engine.insert(self.qualified_table, self._columns, rows, self.features)
 
     def retryable(self, exc: BaseException) -> bool:
         from clickhouse_driver import errors

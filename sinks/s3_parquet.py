@@ -4,20 +4,31 @@
 Exactly once without a coordinator
 ----------------------------------
 A batch boundary is not stable: after a crash the flow replays from its last committed epoch and its batches may
-start and end at other offsets than before. So a file is not named after a batch. Every row belongs to exactly one
-**file key**, computed from the row alone::
+start and end at other offsets than before. Rows are therefore grouped by a **window**, computed from the row
+alone::
 
     (event_date, kafka_topic, kafka_partition, kafka_offset // rows_per_file, received_at // slice_seconds)
 
-and is stored in the object named after that key. Writing a batch means, for each key the batch touches: read the
-object (if any), merge the batch's rows into it (one row per ``event_id``, the newest copy wins), and put the whole
-object again. A replayed row therefore lands in the object that already holds it and replaces itself, whatever
-the batch it came with; one PUT per object keeps each object consistent (locally: a temporary file and a rename).
+and a window is stored as one or more **segments**: objects named after the window and the first Kafka offset they
+hold (``part-<topic>-<partition>-<window start>-<slice start>-<first offset>.parquet``), each covering the offset
+range from its first to its last row. Writing the rows a batch has for one window:
 
-The key also bounds each file: at most ``rows_per_file`` Kafka offsets (size) and ``slice_seconds`` of gateway
-receive time (time), so a quiet partition starts a new file every slice instead of rewriting one forever. The cost
-is write amplification while a window fills (a window is rewritten once per batch that touches it): choose
-``rows_per_file`` a few times the flow's batch size.
+- the common case, rows after everything the window holds: a plain PUT of a new segment (nothing is read back);
+- a small segment this writer has just written, directly followed by the new rows (a quiet partition: a batch
+  per epoch of a few rows): that segment is put again under its own name with the rows appended, so that a
+  quiet partition does not leave a file per epoch; one PUT replaces it whole;
+- rows whose offsets fall within a segment's range (a replay after a crash, with other batch edges): every
+  segment whose range meets theirs (transitively) is read, merged with them (one row per ``event_id``, the
+  newest copy wins) and put back as one segment; the segments it replaces are deleted after that PUT. A crash
+  between the PUT and the deletes leaves rows twice, in ranges that overlap, and the replay that follows (those
+  rows were not committed) merges them again.
+
+A writer knows the segments of the windows it has written (names, ranges); the first time it touches a window it
+lists the window's objects and reads them for their ranges. Only one writer writes a
+Kafka partition at a time (the flow routes each Kafka partition to one sink partition), so what it knows stays
+true.
+
+The window bounds each file: at most ``rows_per_file`` Kafka offsets and ``slice_seconds`` of gateway receive time.
 
 ``pyarrow.dataset.write_dataset(existing_data_behavior="delete_matching")`` is deliberately not used: it deletes
 every file in a partition directory it writes to, including other Kafka partitions' and other windows' files.
@@ -33,6 +44,8 @@ import json
 import logging
 import time
 import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 import pyarrow as pa
@@ -40,7 +53,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from sinks.base import BatchWriter, RetryPolicy
+from sinks.base import BatchWriter, RetryPolicy, column_lists
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +82,24 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 DEFAULT_ROWS_PER_FILE = 20_000
 DEFAULT_SLICE_SECONDS = 3600
+#: Windows whose segments a writer remembers (least recently written ones are forgotten, and listed again if ever
+#: written again).
+_KNOWN_WINDOWS = 512
+#: Segments whose rows a writer keeps after writing them (the most recent ones): the next rows of their Kafka
+#: partition may extend them, and a replay merges into them without reading them back.
+_KEPT_SEGMENTS = 8
+
+
+@dataclass
+class _Segment:
+    """One stored object of a window and the range of Kafka offsets it holds."""
+
+    first: int
+    last: int
+    path: str
+
+    def meets(self, low: int, high: int) -> bool:
+        return self.first <= high and self.last >= low
 
 
 def _json_text(value: Any) -> str | None:
@@ -78,7 +109,7 @@ def _json_text(value: Any) -> str | None:
 
 
 class ParquetLakeWriter(BatchWriter):
-    """Rows to Parquet files keyed by Kafka offset window (see the module docstring for the naming).
+    """Rows to Parquet segments of Kafka offset windows (see the module docstring for the naming).
 
     Unit of parallelism: one writer per sink partition; two writers may run at once as long as no Kafka partition
     is written by both at the same time (the flow routes each Kafka partition to one sink partition). Delivery:
@@ -86,8 +117,10 @@ class ParquetLakeWriter(BatchWriter):
 
     :param root: lake root, ``s3://bucket/prefix`` or a local directory
     :param storage_options: fsspec options (s3fs: ``key``, ``secret``, ``endpoint_url``, ``client_kwargs``)
-    :param rows_per_file: Kafka offsets per file window (the size bound)
-    :param slice_seconds: gateway-receive-time span per file (the time bound)
+    :param rows_per_file: Kafka offsets per window (the size bound of a file)
+    :param slice_seconds: gateway-receive-time span per window (the time bound of a file)
+    :param append_below: a segment of fewer rows than this is extended by the next rows of its window instead of
+        followed by a new one (default: a tenth of ``rows_per_file``; 0 never appends)
     :param compression: Parquet codec
     :param client_retries: attempts s3fs makes per request on timeouts (``None``: its default, 5)
     :param request_timeout: longest one object read or write may take on a remote filesystem, in seconds
@@ -99,10 +132,11 @@ class ParquetLakeWriter(BatchWriter):
     def __init__(self, root: str, storage_options: dict[str, Any] | None = None,
                  rows_per_file: int = DEFAULT_ROWS_PER_FILE, slice_seconds: int = DEFAULT_SLICE_SECONDS,
                  compression: str = "zstd", client_retries: int | None = None, request_timeout: float | None = None,
-                 retry: RetryPolicy | None = None):
+                 retry: RetryPolicy | None = None, append_below: int | None = None):
         super().__init__(retry)
         if rows_per_file < 1 or slice_seconds < 1:
             raise ValueError("rows_per_file and slice_seconds must be positive")
+        self.append_below = rows_per_file // 10 if append_below is None else append_below
         self.root = str(root).rstrip("/")
         self.storage_options = dict(storage_options or {})
         self.rows_per_file = rows_per_file
@@ -112,9 +146,11 @@ class ParquetLakeWriter(BatchWriter):
         self.request_timeout = request_timeout
         self._fs: Any = None
         self._base = ""
-        # The last object written per (topic, partition), as written: the next batch of that partition almost always
-        # lands in it, and a Kafka partition is written by one writer at a time, so it need not be read back.
-        self._open_files: dict[tuple[str, int], tuple[str, pa.Table]] = {}
+        # Window (its object-name prefix, directory included) -> its segments by first offset, as this writer knows
+        # them.
+        self._windows: OrderedDict[str, list[_Segment]] = OrderedDict()
+        # Object path -> its rows as written, for the few segments written last (see _KEPT_SEGMENTS).
+        self._kept: OrderedDict[str, pa.Table] = OrderedDict()
 
     @classmethod
     def from_settings(cls, settings: Any, timeout_seconds: float = 10.0, **options: Any) -> ParquetLakeWriter:
@@ -150,7 +186,8 @@ class ParquetLakeWriter(BatchWriter):
             # A fresh client after every failure (setup runs again), and no stale listings between rewrites.
             options.setdefault("skip_instance_cache", True)
             options.setdefault("use_listings_cache", False)
-        self._open_files.clear()
+        self._windows.clear()
+        self._kept.clear()
         self._fs, self._base = fsspec.core.url_to_fs(self.root, **options)
         self._base = self._base.rstrip("/")
         if self.client_retries is not None and hasattr(self._fs, "retries"):
@@ -161,10 +198,11 @@ class ParquetLakeWriter(BatchWriter):
     def write_batch(self, rows: Sequence[dict[str, Any]]) -> None:
         table = self._to_table(rows)
         try:
-            for path, owner, group in self._split(table):
-                self._merge_into(path, owner, group)
+            for window, group in self._split(table):
+                self._write_window(window, group)
         except BaseException:
-            self._open_files.clear()  # an object may or may not have been replaced: read it again next time
+            self._windows.clear()  # an object may or may not have been written: list the windows again
+            self._kept.clear()
             raise
 
     def retryable(self, exc: BaseException) -> bool:
@@ -172,7 +210,8 @@ class ParquetLakeWriter(BatchWriter):
         return not isinstance(exc, (ValueError, TypeError, KeyError, pa.ArrowInvalid, pa.ArrowTypeError))
 
     def close(self) -> None:
-        self._open_files.clear()
+        self._windows.clear()
+        self._kept.clear()
         self._fs = None
         self._ready = False
 
@@ -209,8 +248,9 @@ class ParquetLakeWriter(BatchWriter):
         protocol = self._fs.protocol
         return "file" in (protocol if isinstance(protocol, (tuple, list)) else (protocol,))
 
-    def file_name(self, row: dict[str, Any]) -> str:
-        """The object name a row belongs to within its date directory (a pure function of the row)."""
+    def window_name(self, row: dict[str, Any]) -> str:
+        """The name prefix of the window a row belongs to within its date directory (a pure function of the row);
+        the row is stored in one segment ``<window name>-<first offset>.parquet`` of it."""
         topic, partition, offset = row["kafka_topic"], row["kafka_partition"], row["kafka_offset"]
         if topic is None or partition is None or offset is None:
             raise ValueError(f"row {row.get('event_id')!r} has no Kafka coordinates; the lake keys files by them")
@@ -221,20 +261,25 @@ class ParquetLakeWriter(BatchWriter):
     def _name(self, topic: str, partition: int, window: int, slot: int) -> str:
         slice_start = _EPOCH + dt.timedelta(seconds=slot * self.slice_seconds)
         return (f"part-{str(topic).replace('/', '_')}-{int(partition):05d}-{window * self.rows_per_file:020d}-"
-                f"{slice_start.strftime('%Y%m%dT%H%M%S')}.parquet")
+                f"{slice_start.strftime('%Y%m%dT%H%M%S')}")
 
     def _to_table(self, rows: Sequence[dict[str, Any]]) -> pa.Table:
+        """The batch as Arrow, built column by column (one C-level conversion per column, not one per row)."""
+        values = column_lists(rows, LAKE_SCHEMA.names)
         try:
-            return pa.Table.from_pylist(rows, schema=LAKE_SCHEMA)
+            return pa.Table.from_arrays([pa.array(values[f.name], type=f.type) for f in LAKE_SCHEMA],
+                                        schema=LAKE_SCHEMA)
         except (pa.ArrowTypeError, pa.ArrowInvalid):
-            if not any(not isinstance(r.get(c), (str, type(None))) for r in rows for c in _JSON_COLUMNS):
+            if all(isinstance(v, (str, type(None))) for c in _JSON_COLUMNS for v in values[c]):
                 raise
         # Some JSON column arrived as a structure rather than text: encode it, so the file schema stays the same.
-        encoded = [{**r, **{c: _json_text(r.get(c)) for c in _JSON_COLUMNS}} for r in rows]
-        return pa.Table.from_pylist(encoded, schema=LAKE_SCHEMA)
+        for column in _JSON_COLUMNS:
+            values[column] = [_json_text(v) for v in values[column]]
+        return pa.Table.from_arrays([pa.array(values[f.name], type=f.type) for f in LAKE_SCHEMA], schema=LAKE_SCHEMA)
 
-    def _split(self, table: pa.Table) -> Iterator[tuple[str, tuple[str, int], pa.Table]]:
-        """``(object path, (topic, partition), rows without event_date)`` for each object ``table`` touches."""
+    def _split(self, table: pa.Table) -> Iterator[tuple[str, pa.Table]]:
+        """``(window path prefix, its rows without event_date)`` for each window ``table`` touches; the rows are
+        one per ``event_id`` (the last one) and in offset order."""
         for column in ("kafka_topic", "kafka_partition", "kafka_offset"):
             if table.column(column).null_count:
                 raise ValueError(f"{table.column(column).null_count} row(s) without {column}; the lake keys files "
@@ -253,37 +298,119 @@ class ParquetLakeWriter(BatchWriter):
             [("row", "list")])
         files = table.drop_columns(["event_date"])
         for g in groups.to_pylist():
-            path = (f"{self._base}/events/event_date={g['day'].isoformat()}/"
-                    f"{self._name(g['topic'], g['partition'], g['window'], g['slot'])}")
-            yield path, (g["topic"], g["partition"]), files.take(g["row_list"])
+            prefix = (f"{self._base}/events/event_date={g['day'].isoformat()}/"
+                      f"{self._name(g['topic'], g['partition'], g['window'], g['slot'])}")
+            group = files if len(g["row_list"]) == files.num_rows else files.take(g["row_list"])
+            yield prefix, _in_offset_order(_last_per_event_id(group))
 
-    def _read_existing(self, path: str) -> pa.Table | None:
-        try:
-            if self._is_local:
-                with self._fs.open(path, "rb") as fh:
-                    return pq.read_table(fh, schema=FILE_SCHEMA)
-            data = self._fs.cat_file(path, **self._deadline())
-        except FileNotFoundError:
-            return None
+    # --- segments ----------------------------------------------------------------------
+    def _segment_path(self, window: str, first: int) -> str:
+        return f"{window}-{first:020d}.parquet"
+
+    def _write_window(self, window: str, fresh: pa.Table) -> None:
+        offsets = fresh.column("kafka_offset")
+        low, high = offsets[0].as_py(), offsets[-1].as_py()
+        segments = self._segments(window)
+        met = [s for s in segments if s.meets(low, high)]
+        if not met:
+            tail = segments[-1] if segments else None
+            kept = self._kept.get(tail.path) if tail is not None else None
+            if tail is not None and kept is not None and kept.num_rows < self.append_below and tail.last < low:
+                # A small segment written by this writer, followed by these rows: rewrite it with them appended.
+                self._store(window, segments, tail, pa.concat_tables([kept, fresh]), tail.first, high)
+                return
+            self._store(window, segments, None, fresh, low, high)
+            return
+        # A replay: merge with every segment whose range meets the rows' range, widened until nothing more meets it
+        # (a crash during an earlier merge may have left overlapping segments behind).
+        while True:
+            low, high = min([low] + [s.first for s in met]), max([high] + [s.last for s in met])
+            more = [s for s in segments if s.meets(low, high) and s not in met]
+            if not more:
+                break
+            met += more
+        stored = [self._kept[s.path] if s.path in self._kept else self._read_segment(s.path) for s in met]
+        old = pa.concat_tables(stored)
+        # Rows already stored but absent from this batch stay; a row present in both is replaced by the fresh copy.
+        replaced_ids = pc.is_in(old.column("event_id"), value_set=pc.unique(fresh.column("event_id")))
+        remaining = old.filter(pc.invert(replaced_ids))
+        merged = _in_offset_order(_last_per_event_id(pa.concat_tables([remaining, fresh])))
+        target = self._segment_path(window, low)
+        replaced = next((s for s in met if s.path == target), None)
+        self._store(window, segments, replaced, merged, low, high)
+        for s in met:
+            if s is not replaced:
+                self._delete(s.path)
+                self._kept.pop(s.path, None)
+                segments.remove(s)
+
+    def _store(self, window: str, segments: list[_Segment], replaced: _Segment | None, table: pa.Table,
+               first: int, last: int) -> None:
+        """Put ``table`` as the segment starting at ``first`` (in place of ``replaced``, when given) and record it
+        among the window's ``segments``."""
+        path = replaced.path if replaced is not None else self._segment_path(window, first)
+        self._put(path, table)
+        if replaced is not None:
+            replaced.first, replaced.last = first, last
+        else:
+            segments.append(_Segment(first, last, path))
+            segments.sort(key=lambda s: s.first)
+        self._keep(path, table)
+
+    def _segments(self, window: str) -> list[_Segment]:
+        """The window's segments, listed (and read, for their offset ranges) the first time this writer meets the
+        window; a fresh writer meets the windows it resumes in, where a replay is about to merge into them."""
+        known = self._windows.get(window)
+        if known is not None:
+            self._windows.move_to_end(window)
+            return known
+        directory, prefix = window.rsplit("/", 1)
+        segments = []
+        for path in self._list(directory, prefix + "-"):
+            first_text = path.rsplit("-", 1)[1].removesuffix(".parquet")
+            if first_text.isdigit():
+                rows = self._read_segment(path)  # one GET: the merge that usually follows needs the rows anyway
+                last = pc.max(rows.column("kafka_offset")).as_py()
+                segments.append(_Segment(int(first_text), int(first_text) if last is None else last, path))
+                self._keep(path, rows)
+        segments.sort(key=lambda s: s.first)
+        self._windows[window] = segments
+        while len(self._windows) > _KNOWN_WINDOWS:
+            self._windows.popitem(last=False)
+        return segments
+
+    def _keep(self, path: str, rows: pa.Table) -> None:
+        self._kept[path] = rows
+        self._kept.move_to_end(path)
+        while len(self._kept) > _KEPT_SEGMENTS:
+            self._kept.popitem(last=False)
+
+    def _list(self, directory: str, prefix: str) -> list[str]:
+        if self._is_local:
+            try:
+                names = self._fs.ls(directory, detail=False)
+            except FileNotFoundError:
+                return []
+            return [n for n in names if n.rsplit("/", 1)[-1].startswith(prefix) and n.endswith(".parquet")]
+        return [n for n in self._fs.find(directory, prefix=prefix) if n.endswith(".parquet")]
+
+    def _read_segment(self, path: str) -> pa.Table:
+        if self._is_local:
+            with self._fs.open(path, "rb") as fh:
+                return pq.read_table(fh, schema=FILE_SCHEMA)
+        data = self._fs.cat_file(path, **self._deadline())
         return pq.read_table(pa.BufferReader(data), schema=FILE_SCHEMA)
+
+    def _delete(self, path: str) -> None:
+        try:
+            self._fs.rm_file(path)
+        except FileNotFoundError:
+            pass
 
     def _deadline(self) -> dict[str, Any]:
         # Socket timeouts do not cover a request body stuck in a full send buffer (a hung endpoint): bound the whole
         # call instead (fsspec cancels the request when it runs out).
         return {"timeout": self.request_timeout} if self.request_timeout else {}
-
-    def _merge_into(self, path: str, owner: tuple[str, int], fresh: pa.Table) -> None:
-        cached = self._open_files.get(owner)
-        existing = cached[1] if cached is not None and cached[0] == path else self._read_existing(path)
-        if existing is not None and existing.num_rows:
-            # Rows already in the object but absent from this batch stay; a row present in both is replaced.
-            replaced = pc.is_in(existing.column("event_id"), value_set=pc.unique(fresh.column("event_id")))
-            merged = pa.concat_tables([existing.filter(pc.invert(replaced)), fresh])
-        else:
-            merged = fresh
-        merged = _last_per_event_id(merged).sort_by([("kafka_offset", "ascending")])
-        self._put(path, merged)
-        self._open_files[owner] = (path, merged)
 
     def _put(self, path: str, table: pa.Table) -> None:
         if not self._is_local:
@@ -307,3 +434,10 @@ def _last_per_event_id(table: pa.Table) -> pa.Table:
     ids = table.column("event_id").to_pylist()
     last = {event_id: i for i, event_id in enumerate(ids)}
     return table.take(sorted(last.values()))
+
+
+def _in_offset_order(table: pa.Table) -> pa.Table:
+    offsets = table.column("kafka_offset").combine_chunks()
+    if table.num_rows < 2 or pc.all(pc.greater_equal(offsets[1:], offsets[:-1])).as_py():
+        return table
+    return table.sort_by([("kafka_offset", "ascending")])

@@ -6,7 +6,8 @@ import datetime as dt
 import pytest
 
 from sinks.base import ROW_COLUMNS
-from sinks.clickhouse import ClickHouseError, ClickHouseTarget, ClickHouseWriter, _column_values, _literal
+from sinks.clickhouse import (ClickHouseError, ClickHouseTarget, ClickHouseWriter, _literal, _native_column,
+                             _zero_filled)
 from sinks.clickhouse_schema import (ALL_COLUMNS, MIGRATIONS, Column, ServerFeatures, columns_at,
                                      migrations_table_ddl, pending)
 
@@ -100,11 +101,20 @@ def test_pending_and_columns_at():
 
 
 def test_column_values_fill_zero_values_only_where_not_nullable():
-    rows = [{"event_id": None, "user_id": None, "timestamp": None, "schema_version": None}]
-    assert _column_values(Column("event_id", "str"), rows) == [""]
-    assert _column_values(Column("user_id", "str", True), rows) == [None]
-    assert _column_values(Column("timestamp", "time"), rows)[0].timestamp() == 0
-    assert _column_values(Column("schema_version", "uint16", True), rows) == [None]
+    assert _zero_filled(Column("event_id", "str"), ["a", None]) == ["a", ""]
+    assert _zero_filled(Column("user_id", "str", True), [None]) == [None]
+    assert _zero_filled(Column("timestamp", "time"), [None])[0].timestamp() == 0
+    assert _zero_filled(Column("schema_version", "uint16", True), [None]) == [None]
+    assert _zero_filled(Column("kafka_offset", "int64"), [None, 7]) == [0, 7]
+
+
+def test_native_timestamps_are_integers_in_the_column_unit():
+    when = dt.datetime(2026, 12, 3, 12, 0, 1, 750000, tzinfo=dt.timezone.utc)
+    berlin = when.astimezone(dt.timezone(dt.timedelta(hours=1)))  # the same instant, another offset
+    column = Column("timestamp", "time")
+    assert _native_column(column, [when, berlin, None], OLD) == [int(when.timestamp())] * 2 + [0]
+    assert _native_column(column, [when], NEW) == [int(when.timestamp()) * 10**6 + 750000]
+    assert _native_column(Column("city", "str", True), ["Zürich", None], OLD) == ["Zürich", None]
 
 
 def test_literals_are_escaped():

@@ -54,13 +54,57 @@ def test_schema_stays_the_same_when_properties_change(lake, tmp_path):
     assert by_offset[0]["timestamp"].tzinfo is not None
 
 
-def test_file_names_are_a_function_of_the_row_bounded_by_offsets_and_time(lake):
+def test_windows_are_a_function_of_the_row_bounded_by_offsets_and_time(lake):
     a, b = lake_row(99), lake_row(100)
-    assert lake.file_name(a) != lake.file_name(b)  # size bound: a new window every rows_per_file offsets
+    assert lake.window_name(a) != lake.window_name(b)  # size bound: a new window every rows_per_file offsets
     late = lake_row(5, received_at=lake_row(5)["received_at"] + dt.timedelta(hours=1))
-    assert lake.file_name(late) != lake.file_name(lake_row(5))  # time bound: a new slice every slice_seconds
-    assert lake.file_name(lake_row(7, partition=2)) != lake.file_name(lake_row(7))
-    assert lake.file_name(lake_row(7)) == lake.file_name(lake_row(7))
+    assert lake.window_name(late) != lake.window_name(lake_row(5))  # time bound: a new slice every slice_seconds
+    assert lake.window_name(lake_row(7, partition=2)) != lake.window_name(lake_row(7))
+    assert lake.window_name(lake_row(7)) == lake.window_name(lake_row(7))
+
+
+def test_new_rows_are_plain_writes_and_small_segments_are_extended(tmp_path):
+    lake = ParquetLakeWriter(str(tmp_path / "lake"), rows_per_file=1000, append_below=50,
+                             retry=RetryPolicy(attempts=1))
+    lake.write(rows(range(0, 30)))
+    lake.write(rows(range(30, 40)))  # the 30-row segment is small: extended in place, under its name
+    assert [n.rsplit("-", 1)[1] for n in files(tmp_path)] == [f"{0:020d}.parquet"]
+    lake.write(rows(range(40, 140)))  # now 40 rows, still small: 140 rows after this write
+    lake.write(rows(range(140, 400)))  # the segment is big enough: a new one, nothing read or rewritten
+    lake.write(rows(range(400, 700)))
+    assert [n.rsplit("-", 1)[1] for n in files(tmp_path)] == [f"{o:020d}.parquet" for o in (0, 140, 400)]
+    ids = Counter(lake.read_table(columns=["event_id"]).column("event_id").to_pylist())
+    assert len(ids) == 700 and set(ids.values()) == {1}
+
+
+def test_a_fresh_writer_finds_the_segments_and_merges_a_replay_into_them(tmp_path):
+    first = ParquetLakeWriter(str(tmp_path / "lake"), rows_per_file=1000, append_below=0)
+    for lo in range(0, 600, 200):
+        first.write(rows(range(lo, lo + 200)))
+    assert len(files(tmp_path)) == 3
+    restarted = ParquetLakeWriter(str(tmp_path / "lake"), rows_per_file=1000, append_below=0)
+    restarted.write(rows(range(350, 450)))  # inside two segments: they become one
+    restarted.write(rows(range(600, 650)))  # after them: a plain write
+    names = [n.rsplit("-", 1)[1] for n in files(tmp_path)]
+    assert names == [f"{o:020d}.parquet" for o in (0, 200, 600)]
+    ids = Counter(restarted.read_table(columns=["event_id"]).column("event_id").to_pylist())
+    assert len(ids) == 650 and set(ids.values()) == {1}
+
+
+def test_segments_left_overlapping_by_a_crash_are_merged_by_the_replay(tmp_path):
+    lake = ParquetLakeWriter(str(tmp_path / "lake"), rows_per_file=1000, append_below=0)
+    for lo in range(0, 300, 100):
+        lake.write(rows(range(lo, lo + 100)))
+    # A merge of a replay of 150..250 put segment 100 (now 100..299) and crashed before deleting segment 200.
+    window = f"{tmp_path}/lake/events/event_date=2026-12-03/{lake.window_name(lake_row(0))}"
+    merged = pa.Table.from_pylist(rows(range(100, 300)), schema=LAKE_SCHEMA).drop_columns(["event_date"])
+    lake._put(f"{window}-{100:020d}.parquet", merged)
+    assert lake.read_table(columns=["event_id"]).num_rows == 400
+    restarted = ParquetLakeWriter(str(tmp_path / "lake"), rows_per_file=1000, append_below=0)
+    restarted.write(rows(range(120, 160)))  # the replay meets segment 100 only, and through it segment 200
+    ids = Counter(restarted.read_table(columns=["event_id"]).column("event_id").to_pylist())
+    assert len(ids) == 300 and set(ids.values()) == {1}
+    assert [n.rsplit("-", 1)[1] for n in files(tmp_path)] == [f"{o:020d}.parquet" for o in (0, 100)]
 
 
 def test_replayed_overlapping_and_misaligned_batches_store_every_event_once(lake, tmp_path):
@@ -85,7 +129,9 @@ def test_replayed_overlapping_and_misaligned_batches_store_every_event_once(lake
     ids = Counter(table.column("event_id").to_pylist())
     assert len(ids) == 1000 and set(ids.values()) == {1}
     assert ids.keys() == {r["event_id"] for p in events for r in events[p]}
-    assert len(files(tmp_path)) == 7 + 3  # windows of 100 offsets: 0..699 in partition 0, 0..299 in partition 3
+    # Windows of 100 offsets (0..699 in partition 0, 0..299 in partition 3): a file never spans two.
+    windows = Counter(n.rsplit("-", 1)[0] for n in files(tmp_path))
+    assert len(windows) == 7 + 3
 
 
 def test_a_replayed_row_replaces_its_older_copy(lake):

@@ -64,6 +64,8 @@ def test_dedup_batch_keeps_latest_receive():
     out = dedup_batch([a, b, later, b])
     assert [r["event_id"] for r in out] == [a["event_id"], b["event_id"]]
     assert out[0]["city"] == "later"
+    unique = [a, b]
+    assert dedup_batch(unique) is unique  # nothing to drop: no copy
 
 
 def test_staging_file_types_and_values(tmp_path):
@@ -90,9 +92,10 @@ def test_ddl_and_merge_text():
     assert "PRIMARY KEY" not in ddl and "UNIQUE" not in ddl  # never relied upon
     assert "PROPERTIES VARCHAR" in staging_ddl(t) and "BATCH_ID VARCHAR" in staging_ddl(t)
     merge = merge_sql(t, "abc")
-    assert "ON t.EVENT_ID = s.EVENT_ID" in merge and "WHEN NOT MATCHED THEN INSERT" in merge
-    assert "WHEN MATCHED" not in merge and "BATCH_ID = 'abc'" in merge
-    assert "PARSE_JSON(CONSENT) AS CONSENT" in merge
+    assert merge.startswith("INSERT INTO ANALYTICS.PUBLIC.EVENTS (EVENT_ID, ")
+    assert "NOT EXISTS (SELECT 1 FROM ANALYTICS.PUBLIC.EVENTS t WHERE t.EVENT_ID = s.EVENT_ID)" in merge
+    assert "UPDATE" not in merge and "s.BATCH_ID = 'abc'" in merge
+    assert "PARSE_JSON(s.CONSENT)" in merge
     assert len(COLUMNS) == len(ROW_COLUMNS)
 
 
