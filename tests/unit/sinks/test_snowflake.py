@@ -92,10 +92,10 @@ def test_ddl_and_merge_text():
     assert "PRIMARY KEY" not in ddl and "UNIQUE" not in ddl  # never relied upon
     assert "PROPERTIES VARCHAR" in staging_ddl(t) and "BATCH_ID VARCHAR" in staging_ddl(t)
     merge = merge_sql(t, "abc")
-    assert merge.startswith("INSERT INTO ANALYTICS.PUBLIC.EVENTS (EVENT_ID, ")
-    assert "NOT EXISTS (SELECT 1 FROM ANALYTICS.PUBLIC.EVENTS t WHERE t.EVENT_ID = s.EVENT_ID)" in merge
-    assert "UPDATE" not in merge and "s.BATCH_ID = 'abc'" in merge
-    assert "PARSE_JSON(s.CONSENT)" in merge
+    assert merge.startswith("MERGE INTO ANALYTICS.PUBLIC.EVENTS t USING (")
+    assert "ON t.EVENT_ID = s.EVENT_ID" in merge and "WHEN NOT MATCHED THEN INSERT (EVENT_ID, " in merge
+    assert "WHEN MATCHED" not in merge and "BATCH_ID = 'abc'" in merge
+    assert "PARSE_JSON(CONSENT) AS CONSENT" in merge
     assert len(COLUMNS) == len(ROW_COLUMNS)
 
 
