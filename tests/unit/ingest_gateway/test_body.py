@@ -1,6 +1,5 @@
 import asyncio
 import gzip
-import time
 import tracemalloc
 import zlib
 
@@ -27,17 +26,14 @@ def refused(fn) -> BodyError:
     return info.value
 
 
-def test_gzip_bomb_is_refused_quickly_with_small_memory():
+def test_gzip_bomb_is_refused_with_small_memory():
     payload = bomb(256 << 20)  # a quarter gigabyte of zeros in ~0.25 MB: under the compressed-size limit
     assert len(payload) < 512 * 1024
     tracemalloc.start()
-    started = time.perf_counter()
     err = refused(lambda: inflate(payload, "gzip", LIMIT))
-    elapsed = time.perf_counter() - started
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert (err.status, err.code) == (413, "decompressed_too_large")
-    assert elapsed < 1.0
     assert peak < 3 * LIMIT  # the output buffer at most, never the 256 MB
 
 
