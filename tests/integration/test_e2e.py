@@ -79,7 +79,7 @@ def pipeline_env(devstack, stack_settings, tmp_path):
         "HEADWATER_FLOW_BATCH_TIMEOUT_MS": "200",
         "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",
         "BYTEWAX_DATAFLOW_API_ENABLED": "1", "BYTEWAX_DATAFLOW_API_PORT": str(free_port()),
-        "BYTEWAX_DATAFLOW_API_CACHE_PATH": str(tmp_path / "dataflow.json"),
+        "BYTEWAX_DATAFLOW_API_CACHE_PATH": str(tmp_path),  # a directory: Bytewax writes dataflow.json in it
     })
     yield env, people
     settings = load_settings({k: v for k, v in env.items() if k.startswith("HEADWATER_")})
