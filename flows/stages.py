@@ -139,7 +139,7 @@ class Stages:
         except WireError as exc:
             return self._dead(msg, "decode", [_reason("", str(exc))], None)
         event = doc["event"]
-        issues = self.registry.validate(event)
+        issues = self.registry.validate_json(event)  # fresh from orjson.loads: plain JSON values
         if issues:
             return self._dead(msg, "validate", [_reason(i.path, i.message) for i in issues], event)
 

@@ -1,7 +1,7 @@
 """The registry's fast path for valid events: the envelope split in two, with its repetitive half remembered.
 
-Most of the envelope's cost is ``context`` (and ``consent``): nested objects with patterns and formats that are
-the same for every event a device sends. So the fast path checks
+Most of the envelope's cost is ``context``: a nested object with patterns and formats that is the same for every
+event a device sends. So the fast path checks
 
 - the *rest* of the envelope (ids, timestamps, names) with a validator compiled from the envelope with the
   shared parts replaced by ``true``, on every event; and
@@ -24,7 +24,8 @@ from typing import Any, Callable
 import orjson
 
 #: Envelope fields that repeat from event to event of one client and are worth remembering once validated.
-SHARED_PARTS = ("context", "consent")
+#: (``consent`` repeats too, but a few booleans are checked faster than looked up.)
+SHARED_PARTS = ("context",)
 #: Root keywords whose meaning does not reach into a property's value; with anything else at the root (e.g.
 #: ``dependencies`` or ``allOf``) a property could be constrained from outside, and the envelope is not split.
 _SPLITTABLE_ROOT = {"$schema", "$comment", "$id", "title", "description", "x-version", "type", "required",
@@ -64,42 +65,62 @@ class SharedPartCache:
 
     Safe to share between threads: the worst a race can do is validate a value twice or forget one early.
 
-    :param validators: part name -> compiled validator that raises on an invalid value.
+    :param validators: part name -> check of one value that returns ``False`` or raises when the value is not
+        (shown to be) valid, anything else when it is.
     :param max_entries: most distinct values remembered; the oldest is forgotten first.
     """
 
     def __init__(self, validators: dict[str, Callable[[Any], Any]], max_entries: int = DEFAULT_CACHE_ENTRIES):
         self._validators = tuple(validators.items())
+        self._names = tuple(validators)
+        self._single = self._names[0] if len(self._names) == 1 else None
         self._max_entries = max_entries
-        self._valid: dict[bytes, dict[str, Any]] = {}
+        self._valid: dict[bytes, Any] = {}
         self.hits = 0
         self.misses = 0
 
-    def check(self, event: dict[str, Any]) -> None:
-        """Return when the shared parts of ``event`` are valid.
+    def check(self, event: dict[str, Any], plain: bool = False) -> bool:
+        """Whether the shared parts of ``event`` are valid (``True`` when it has none).
 
-        :raises Exception: (a validation error, or ``TypeError`` for a value orjson cannot write) otherwise.
+        :param event: the event, a dict.
+        :param plain: the caller guarantees that ``event`` holds JSON values of the exact built-in types only, as
+            ``orjson.loads`` returns them (no NaN, no subclasses, no ``uuid.UUID``): then the orjson text alone
+            identifies a value, and a hit skips comparing it with the remembered one.
+        :raises Exception: a validator's error, or ``TypeError`` for a value orjson cannot write, when a part is
+            invalid (a validator may also just return ``False``).
         """
-        parts = {name: event[name] for name, _ in self._validators if name in event}
-        if not parts:
-            return
+        if self._single is not None:
+            # One part (the usual case): its value is the key's subject, no dict of parts to build.
+            name = self._single
+            if name not in event:
+                return True
+            parts: Any = event[name]
+        else:
+            parts = {name: event[name] for name in self._names if name in event}
+            if not parts:
+                return True
         try:
             key = orjson.dumps(parts, option=_KEY_OPTIONS)
         except TypeError:  # not JSON-plain: validate, but never remember
             key = None
         if key is not None:
             known = self._valid.get(key)
-            if known is not None and known == parts:
+            if known is not None and (plain or known == parts):
                 self.hits += 1
-                return
+                return True
         self.misses += 1
-        for name, validate in self._validators:
-            if name in parts:
-                validate(parts[name])
+        if self._single is not None:
+            if self._validators[0][1](parts) is False:
+                return False
+        else:
+            for name, validate in self._validators:
+                if name in parts and validate(parts[name]) is False:
+                    return False
         if key is not None:
             self._remember(key, parts)
+        return True
 
-    def _remember(self, key: bytes, parts: dict[str, Any]) -> None:
+    def _remember(self, key: bytes, parts: Any) -> None:
         plain = orjson.loads(key)
         if plain != parts:  # e.g. a NaN written as null: the text does not stand for the value
             return

@@ -31,6 +31,7 @@ _DATE_TIME = re.compile(
     r"(?:[Zz]|[+-](?:[01]\d|2[0-3]):[0-5]\d)",
     re.ASCII,  # "\d" must not match Arabic-Indic or other non-ASCII digits
 )
+_date_time_shape = _DATE_TIME.fullmatch
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 # Deliberately loose: the mailbox is hashed, never delivered to, so we only need to refuse values that
@@ -45,10 +46,10 @@ def is_date_time(value: str) -> bool:
 
     :param value: candidate string.
     """
-    match = _DATE_TIME.fullmatch(value)
-    if match is None:
+    # The regex fixes where the date's fields are, so slicing finds them faster than the match's groups would.
+    if _date_time_shape(value) is None:
         return False
-    return match["day"] <= "28" or _is_calendar_day(match["year"], match["month"], match["day"])
+    return value[8:10] <= "28" or _is_calendar_day(value[:4], value[5:7], value[8:10])
 
 
 def _is_calendar_day(year: str, month: str, day: str) -> bool:

@@ -3,12 +3,15 @@
 Shared by the ingest gateway (validates every event it accepts) and the flow (validates again before any
 sink sees the event). Validation is two-speed:
 
-- fast path: fastjsonschema validators compiled once at load; a valid event costs two generated-function
-  calls and returns ``[]``;
+- fast path: per event name, one plain-Python check generated at load by :mod:`schemas.compiler` (envelope
+  and payload in one call, exact JSON types only), plus the remembered ``context`` of :mod:`schemas.fastpath`;
+  a valid event costs those two calls and returns ``[]``;
 - slow path, only for invalid events: a jsonschema validator lists *every* problem (see
   :mod:`schemas.explain`), because a client fixing its instrumentation wants all reasons at once.
 
-fastjsonschema decides validity; jsonschema only explains. Both are given the same formats
+fastjsonschema decides validity; jsonschema only explains. The generated checks only ever say "surely
+valid": whatever they do not accept (an invalid event, or a valid one with e.g. ``1.0`` for an integer)
+takes the slow path, where fastjsonschema decides. Both are given the same formats
 (:mod:`schemas.formats`) and pattern semantics so that they agree; should they ever disagree, the
 first error fastjsonschema found is reported rather than an empty list.
 """
@@ -24,6 +27,7 @@ from typing import Any, Callable
 import fastjsonschema
 import jsonschema
 
+from schemas.compiler import Unsupported, compile_check
 from schemas.explain import ValidationIssue, build_explainer, explain, finish, issue_path, show
 from schemas.fastpath import SharedPartCache, split_envelope
 from schemas.formats import fastjsonschema_formats
@@ -179,6 +183,55 @@ def _fast_validator(schema: dict[str, Any]) -> Callable[[Any], Any]:
     return fast
 
 
+def _part_check(schema: dict[str, Any]) -> Callable[[Any], bool]:
+    """A check of one shared envelope part: generated, or fastjsonschema when the compiler cannot."""
+    try:
+        return compile_check(schema, "check_part")
+    except Unsupported:
+        pass
+    validator = compile_fast(schema)
+
+    def check(value: Any) -> bool:
+        validator(value)  # raises when invalid
+        return True
+
+    return check
+
+
+def _event_check(envelope: dict[str, Any], envelope_fast: Callable[[Any], Any], name: str,
+                 compiled: _Compiled) -> Callable[[Any], bool]:
+    """One function that checks a whole event named ``name`` but its shared parts (see :mod:`schemas.fastpath`).
+
+    It returns ``True`` for an event surely valid, and ``False`` or raises otherwise. Generated from the
+    envelope (``envelope``, the shared parts already set to ``true``) with the payload schema merged into its
+    ``properties`` field; where the compiler cannot, the two fastjsonschema validators one after the other.
+    """
+    fields = envelope.get("properties")
+    if isinstance(fields, dict) and PROPERTIES in fields:
+        fields = dict(fields)
+        fields[PROPERTIES] = {"allOf": [fields[PROPERTIES], compiled.schema]}
+        if "event" in fields:
+            # The check is chosen by the event's name, so the name is known to be this one: when it passes
+            # the envelope's rule for names (a pattern), only its type and value are left to check.
+            try:
+                compile_fast(fields["event"])(name)
+                fields["event"] = {"type": "string", "enum": [name]}
+            except Exception:
+                fields["event"] = {"allOf": [fields["event"], {"type": "string", "enum": [name]}]}
+        try:
+            return compile_check(dict(envelope, properties=fields), f"check_{name}")
+        except Unsupported:
+            pass
+    payload_fast = compiled.fast
+
+    def check(event: Any) -> bool:
+        envelope_fast(event)
+        payload_fast(event[PROPERTIES])
+        return True
+
+    return check
+
+
 def _compile(schema: dict[str, Any], pii_prefix: str) -> _Compiled:
     return _Compiled(
         schema=schema,
@@ -225,11 +278,12 @@ class SchemaRegistry:
         # checks the whole envelope at once, as written.
         split = split_envelope(envelope.schema)
         if split is None:
-            self._envelope_rest, self._shared = envelope.fast, None
+            rest, rest_fast, parts = envelope.schema, envelope.fast, {}
         else:
             rest, parts = split
-            self._envelope_rest = _fast_validator(rest)
-            self._shared = SharedPartCache({name: compile_fast(sub) for name, sub in parts.items()})
+            rest_fast = _fast_validator(rest)
+        self._shared = SharedPartCache({name: _part_check(sub) for name, sub in parts.items()})
+        self._checks = {name: _event_check(rest, rest_fast, name, compiled) for name, compiled in events.items()}
 
     @classmethod
     def load(cls, directory: str | Path | None = None) -> SchemaRegistry:
@@ -317,15 +371,34 @@ class SchemaRegistry:
         :returns: every issue found (at most ``MAX_ISSUES`` and a note saying there are more), sorted by path.
         """
         try:
-            # The common case, kept to a few compiled calls (the envelope's shared parts usually not even
-            # that): anything unusual falls through to the slow path, which works out what exactly is wrong.
-            self._envelope_rest(event)
-            if self._shared is not None:
-                self._shared.check(event)
-            self._events[event["event"]].fast(event[PROPERTIES])
-            return []
+            # The common case, two calls (the shared parts usually answered from memory): anything unusual
+            # falls through to the slow path, which works out what exactly is wrong, if anything.
+            if self._checks[event["event"]](event) and self._shared.check(event):
+                return []
         except Exception:
             pass
+        return self._slow(event)
+
+    def validate_json(self, event: Any) -> list[ValidationIssue]:
+        """:meth:`validate` for an event fresh from ``orjson.loads`` (or ``json.loads`` without NaN): same answer.
+
+        Only for values made of the exact built-in JSON types (``dict`` with ``str`` keys, ``list``, ``str``,
+        ``int``, finite ``float``, ``bool``, ``None``), which is what the gateway and the flow decode. That
+        lets a remembered ``context`` be recognised by its JSON text alone, skipping the comparison that
+        :meth:`validate` needs to tell, say, a ``uuid.UUID`` from the string it prints as. Handing it anything
+        else may accept such a value.
+
+        :param event: the decoded event.
+        :returns: as :meth:`validate`.
+        """
+        try:
+            if self._checks[event["event"]](event) and self._shared.check(event, True):
+                return []
+        except Exception:
+            pass
+        return self._slow(event)
+
+    def _slow(self, event: Any) -> list[ValidationIssue]:
         try:
             return self._explain(event)
         except Exception as exc:  # e.g. RecursionError on absurd nesting; the caller still gets data

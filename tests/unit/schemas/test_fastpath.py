@@ -80,7 +80,7 @@ def test_the_cache_is_bounded() -> None:
 
 def test_the_split_keeps_the_envelope_closed(registry: SchemaRegistry) -> None:
     rest, parts = split_envelope(registry.schema("envelope"))
-    assert set(parts) == {"context", "consent"}
+    assert set(parts) == {"context"}
     assert rest["properties"]["context"] is True and rest["additionalProperties"] is False
     event = _page()
     event["contxt"] = copy.deepcopy(event["context"])
