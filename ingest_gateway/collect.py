@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import Any
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import orjson
 from redis.exceptions import RedisError
-from starlette.requests import Request
-from starlette.responses import Response
+from starlette.requests import ClientDisconnect, HTTPConnection, Request
+from starlette.responses import PlainTextResponse, Response
 
+from ingest_gateway.answer import Answer
 from ingest_gateway.body import BodyError, encoded_events, inflate, oversized_events, parse_batch, read_body
 from ingest_gateway.dedup import IdempotencyCache, IdempotencyError, StoredResponse
 from ingest_gateway.gateway import Gateway
@@ -27,25 +28,86 @@ from ingest_gateway.signing import HEADER_DEVICE, SignatureError
 log = logging.getLogger("headwater.gateway.collect")
 ROUTE = "/analytics/collect"
 
-__all__ = ["RequestRefused", "collect", "error_response"]
+__all__ = ["RequestRefused", "collect", "error_response", "serve_collect", "is_collect"]
+
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 def error_response(status: int, code: str, message: str, request_id: str | None,
                    retry_after: int | None = None) -> Response:
+    return error_answer(status, code, message, request_id, retry_after).to_response()
+
+
+def error_answer(status: int, code: str, message: str, request_id: str | None,
+                 retry_after: int | None = None) -> Answer:
+    """The machine-readable error document every gateway endpoint answers with."""
     headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
     body = orjson.dumps({"error": {"code": code, "message": message}, "request_id": request_id})
-    return Response(body, status, headers=headers, media_type="application/json")
+    return Answer(status, body, headers)
 
 
 async def collect(request: Request) -> Response:
+    """The Starlette route (the app serves the path with :func:`serve_collect` before routing)."""
     gw: Gateway = request.app.state.gateway
-    return await guarded(gw, request, ROUTE, lambda request_id: _collect(gw, request, request_id), error_response)
+    answer = await guarded(gw, request, ROUTE,
+                           lambda request_id: _collect(gw, request, request.stream(), request_id), error_answer)
+    return answer.to_response()
 
 
-async def _collect(gw: Gateway, request: Request, request_id: str) -> Response:
+def is_collect(scope: dict[str, Any]) -> bool:
+    """Whether ``scope`` is a ``POST /analytics/collect`` (every other method goes through the router: 405)."""
+    if scope["type"] != "http" or scope["method"] != "POST":
+        return False
+    path, root = scope["path"], scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root):]
+    return path == ROUTE
+
+
+async def serve_collect(gw: Gateway, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+    """``POST /analytics/collect`` as a plain ASGI handler: no routing, middleware or request and response
+    objects, the same checks, answers, metrics and logs as the route.
+
+    As Starlette's outermost middleware does, an unexpected exception is answered with a plain 500 (when
+    nothing was sent yet) and raised again for the server to log.
+    """
+    started = False
+
+    async def tracked(message: dict[str, Any]) -> None:
+        nonlocal started
+        started = True
+        await send(message)
+
+    connection = HTTPConnection(scope)
+    try:
+        answer = await guarded(gw, connection, ROUTE,
+                               lambda request_id: _collect(gw, connection, _body_chunks(receive), request_id),
+                               error_answer)
+        await answer.send(tracked)
+    except Exception:
+        if not started:
+            await PlainTextResponse("Internal Server Error", 500)(scope, receive, send)
+        raise
+
+
+async def _body_chunks(receive: Receive) -> AsyncIterator[bytes]:
+    """The request body as it arrives (as ``Request.stream``; a client that goes away raises
+    ``ClientDisconnect``)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.request":
+            yield message.get("body", b"")
+            if not message.get("more_body", False):
+                return
+        elif message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+
+
+async def _collect(gw: Gateway, request: HTTPConnection, chunks: AsyncIterator[bytes], request_id: str) -> Answer:
     settings, headers = gw.settings, request.headers
     try:
-        raw = await read_body(request.stream(), headers.get("content-length"), settings.max_body_bytes)
+        raw = await read_body(chunks, headers.get("content-length"), settings.max_body_bytes)
         device, signature = headers.get(HEADER_DEVICE), None
         if gw.require_signature:
             device, signature = gw.verifier.verify(headers, raw)
@@ -70,21 +132,20 @@ async def _collect(gw: Gateway, request: Request, request_id: str) -> Response:
                                  gw.options.retry_after_seconds) from None
         if stored is not None:
             log.info("idempotent retry answered from the first response")
-            return Response(stored.body, stored.status, media_type="application/json",
-                            headers={"Idempotent-Replayed": "true"})
+            return Answer(stored.status, stored.body, {"Idempotent-Replayed": "true"})
     try:
-        response = await _process(gw, request, request_id, data, device, signature)
+        answer = await _process(gw, request, request_id, data, device, signature)
     except BaseException:
         if cache_key is not None:
             await _forget(gw, cache_key)
         raise
     if cache_key is not None:
         try:
-            await gw.idempotency.finish(cache_key, body_hash, StoredResponse(response.status_code, response.body))
+            await gw.idempotency.finish(cache_key, body_hash, StoredResponse(answer.status_code, answer.body))
         except RedisError as exc:  # the events are durable; only a later retry would be published again
             gw.metrics.dependency_errors.labels("redis").inc()
             log.warning("could not store the idempotent answer: %s", exc)
-    return response
+    return answer
 
 
 async def _forget(gw: Gateway, cache_key: str) -> None:
@@ -94,8 +155,8 @@ async def _forget(gw: Gateway, cache_key: str) -> None:
         gw.metrics.dependency_errors.labels("redis").inc()
 
 
-async def _process(gw: Gateway, request: Request, request_id: str, data: bytes,
-                   device: str | None, signature: str | None) -> Response:
+async def _process(gw: Gateway, request: HTTPConnection, request_id: str, data: bytes,
+                   device: str | None, signature: str | None) -> Answer:
     settings = gw.settings
     try:
         batch = parse_batch(data, settings.max_batch_events)
@@ -116,4 +177,4 @@ async def _process(gw: Gateway, request: Request, request_id: str, data: bytes,
     }
     if outcome.dark_mode:
         answer["dark"] = outcome.dark
-    return Response(orjson.dumps(answer), 200, media_type="application/json")
+    return Answer(200, orjson.dumps(answer))

@@ -11,13 +11,14 @@ import datetime as dt
 import logging
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, TypeVar
 
 import orjson
 from redis.exceptions import RedisError
-from starlette.requests import Request
+from starlette.requests import HTTPConnection
 from starlette.responses import Response
 
+from ingest_gateway.answer import Answer
 from ingest_gateway.audit import RejectedEvent
 from ingest_gateway.consent import event_denies_consent
 from ingest_gateway.dedup import Replayed
@@ -39,11 +40,12 @@ class RequestRefused(Exception):
         super().__init__(f"{code}: {message}")
 
 
-ErrorAnswer = Callable[[int, str, str, str, "int | None"], Response]
+AnyAnswer = TypeVar("AnyAnswer", Response, Answer)
+ErrorAnswer = Callable[[int, str, str, str, "int | None"], AnyAnswer]
 
 
-async def guarded(gw: Gateway, request: Request, route: str,
-                  handle: Callable[[str], Awaitable[Response]], error: ErrorAnswer) -> Response:
+async def guarded(gw: Gateway, request: HTTPConnection, route: str,
+                  handle: Callable[[str], Awaitable[AnyAnswer]], error: ErrorAnswer) -> AnyAnswer:
     """What every ingest endpoint wraps its work in: a request id (also in the logs), the in-flight bound
     (429 + Retry-After instead of unbounded memory), refusals turned into the endpoint's own error shape,
     and the latency and status metrics.
@@ -95,7 +97,7 @@ def now_rfc3339() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def client_ip(request: Request, trust_forwarded: bool) -> str | None:
+def client_ip(request: HTTPConnection, trust_forwarded: bool) -> str | None:
     if trust_forwarded:
         forwarded = request.headers.get("x-forwarded-for")
         if forwarded:
@@ -107,7 +109,7 @@ def _format_issues(issues) -> list[str]:
     return [f"{i.path}: {i.message}" if i.path else f"(event): {i.message}" for i in issues]
 
 
-async def ingest(gw: Gateway, request: Request, request_id: str, events: list[Any], *, source: str,
+async def ingest(gw: Gateway, request: HTTPConnection, request_id: str, events: list[Any], *, source: str,
                  received_at: str, sent_at: str | None, consent: bool = True,
                  refused: dict[int, list[str]] | None = None, payloads: list[Any] | None = None,
                  device: str | None = None, signature: str | None = None,
@@ -137,7 +139,7 @@ async def ingest(gw: Gateway, request: Request, request_id: str, events: list[An
         outcome.no_consent = len(events)
     else:
         optouts = gw.optouts
-        validate = registry.validate
+        validate = registry.validate_json  # orjson-decoded (or mapped) events: plain JSON values
         check_device = device is not None and signature is not None
         for index, event in enumerate(events):
             if refused and index in refused:
@@ -259,7 +261,7 @@ def raw_messages(topic: str, events: list[dict[str, Any]], schema_version: Calla
     return messages
 
 
-async def _publish(gw: Gateway, request: Request, fresh: list[dict[str, Any]], fresh_texts: list[bytes] | None,
+async def _publish(gw: Gateway, request: HTTPConnection, fresh: list[dict[str, Any]], fresh_texts: list[bytes] | None,
                    records: list[RejectedEvent], *, source: str, received_at: str, sent_at: str | None) -> None:
     settings, options, metrics = gw.settings, gw.options, gw.metrics
     ip = client_ip(request, options.trust_forwarded_for)

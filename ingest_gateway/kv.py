@@ -9,6 +9,8 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from ingest_gateway.resp import RespPool, Script
+
 
 class MemoryKV:
     """In-process keys with expiry, bounded to ``max_keys`` (the oldest go first when full).
@@ -166,10 +168,14 @@ class RedisKV:
     non-clustered Redis (the keys are short-lived) or give the keys a hash tag.
 
     :param client: a ``redis.asyncio.Redis``
+    :param fast: a :class:`~ingest_gateway.resp.RespPool` on the same server for the per-request admission
+        (the hot path); without it that call goes through redis-py as well
     """
 
-    def __init__(self, client) -> None:
+    def __init__(self, client, fast: RespPool | None = None) -> None:
         self._redis = client
+        self._fast = fast
+        self._admit_script = Script(_ADMIT_SCRIPT)
         self._set_nx = client.register_script(_SET_NX_SCRIPT)
         self._set = client.register_script(_SET_SCRIPT)
         self._admit = client.register_script(_ADMIT_SCRIPT)
@@ -178,8 +184,8 @@ class RedisKV:
     def from_url(cls, url: str) -> "RedisKV":
         import redis.asyncio as redis
 
-        return cls(redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0,
-                                        health_check_interval=30))
+        client = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=30)
+        return cls(client, RespPool(url, timeout=2.0) if RespPool.supports(url) else None)
 
     async def set_nx(self, keys: list[str], value: bytes, ttl: int) -> list[bool]:
         if not keys:
@@ -204,10 +210,13 @@ class RedisKV:
     async def admit(self, step: AdmitStep) -> list[bool] | None:
         """See :class:`AdmitStep`. :returns: None for a replay, else one flag per claimed key."""
         claim, settle = _joined(step.claim), _joined(step.settle)
-        answer = await self._admit(keys=[step.once_key] if step.once_key is not None else [],
-                                   args=[step.prefix, step.once_ttl, len(step.claim), claim, step.claim_value,
-                                         step.claim_ttl, len(step.settle), settle, step.settle_value,
-                                         step.settle_ttl])
+        keys = [step.once_key] if step.once_key is not None else []
+        args = [step.prefix, step.once_ttl, len(step.claim), claim, step.claim_value, step.claim_ttl,
+                len(step.settle), settle, step.settle_value, step.settle_ttl]
+        if self._fast is not None:
+            answer = await self._fast.run_script(self._admit_script, keys, args)
+        else:
+            answer = await self._admit(keys=keys, args=args)
         if answer is None:
             return None
         return [flag == 49 for flag in answer]  # b"1"
@@ -216,4 +225,6 @@ class RedisKV:
         return bool(await self._redis.ping())
 
     async def close(self) -> None:
+        if self._fast is not None:
+            await self._fast.close()
         await self._redis.aclose()

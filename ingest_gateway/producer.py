@@ -13,9 +13,9 @@ once, so a failed message is spooled only after it is known not to be in flight 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import threading
-from functools import partial
 from typing import Any, Callable, Iterable, NamedTuple
 
 import orjson
@@ -56,45 +56,76 @@ _PRODUCER_STATE_ERRORS = {KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCE
 
 
 class _Delivery:
-    """Counts the delivery reports of one batch; calls ``done`` once all are in (from the poll thread)."""
+    """Collects the delivery reports of one batch; calls ``done`` once every message is reported.
 
-    __slots__ = ("_remaining", "_lock", "failed", "_done", "errors", "producer_broken")
+    The instance itself is the ``on_delivery`` callback of all the batch's messages: one object per batch
+    instead of one closure per message, and a success costs one C-level ``next()`` on a shared counter.
+    That counter is the only shared state: reports may come from the poll thread, from ``flush()`` in
+    another thread, or (for local failures) from the event loop, and ``next()`` on ``itertools.count`` and
+    ``list.append`` are each atomic under the GIL, so no lock is needed. A failure is recorded before it is
+    counted, so whoever counts the last report sees every failure.
 
-    def __init__(self, count: int, done: Callable[["_Delivery"], None]) -> None:
-        self._remaining = count
-        self._lock = threading.Lock()
-        self.failed: list[Message] = []
+    librdkafka's report carries no headers, so a failed message is matched back to our own
+    :class:`Message` (the spool needs its headers) by topic, key and value, once all reports are in.
+    """
+
+    __slots__ = ("_messages", "_expected", "_reported", "_failures", "_done", "_failed", "errors", "producer_broken")
+
+    def __init__(self, messages: list[Message], done: Callable[["_Delivery"], None]) -> None:
+        self._messages = messages
+        self._expected = len(messages)
+        self._reported = itertools.count(1)
+        self._failures: list[tuple[Any, str]] = []  # (librdkafka message or our index, reason)
+        self._done = done
+        self._failed: list[Message] | None = None
         self.errors: list[str] = []
         self.producer_broken = False
-        self._done = done
 
-    def report(self, message: Message, err: KafkaError | None, _msg: Any) -> None:
-        """librdkafka's delivery report for ``message`` (its report carries no headers, so we keep ours)."""
+    def __call__(self, err: KafkaError | None, msg: Any) -> None:
+        """librdkafka's delivery report for one message of the batch."""
         if err is not None:
             if err.fatal() or err.code() in _PRODUCER_STATE_ERRORS:
                 self.producer_broken = True
-            self.fail(message, str(err))
-            return
-        self._count_one()
+            self._failures.append((msg, str(err)))
+        if next(self._reported) == self._expected:
+            self._done(self)
+
+    def fail_from(self, start: int, reason: str) -> None:
+        """Messages ``start:`` were never handed to librdkafka: count them as failed reports."""
+        for index in range(start, self._expected):
+            self._failures.append((index, reason))
+            if next(self._reported) == self._expected:
+                self._done(self)
 
     def with_failed(self, messages: list[Message]) -> "_Delivery":
-        self.failed = list(messages)
+        self._failed = list(messages)
         self.errors = ["delivery reports overdue"]
         return self
 
-    def fail(self, message: Message, reason: str) -> None:
-        with self._lock:
-            self.failed.append(message)
-            if len(self.errors) < 3:
-                self.errors.append(reason)
-        self._count_one()
+    @property
+    def failed(self) -> list[Message]:
+        """The batch's messages that Kafka did not acknowledge (read it once ``done`` was called)."""
+        if self._failed is None:
+            self._failed = self._match_failures()
+        return self._failed
 
-    def _count_one(self) -> None:
-        with self._lock:
-            self._remaining -= 1
-            finished = self._remaining == 0
-        if finished:
-            self._done(self)
+    def _match_failures(self) -> list[Message]:
+        if not self._failures:
+            return []
+        self.errors = list(dict.fromkeys(reason for _, reason in self._failures))[:3]
+        by_content: dict[tuple[str, bytes | None, bytes], list[Message]] = {}
+        for m in self._messages:
+            by_content.setdefault((m.topic, m.key, m.value), []).append(m)
+        failed: list[Message] = []
+        for what, _reason in self._failures:
+            if isinstance(what, int):
+                message = self._messages[what]
+                by_content[(message.topic, message.key, message.value)].remove(message)
+            else:
+                # Identical messages are interchangeable: spooling any one of them for each failure is right.
+                message = by_content[(what.topic(), what.key(), what.value())].pop()
+            failed.append(message)
+        return failed
 
 
 class Publisher:
@@ -180,18 +211,15 @@ class Publisher:
     # --- publishing -----------------------------------------------------------------------
     def _produce(self, messages: list[Message], delivery: _Delivery) -> None:
         produce = self._producer.produce
-        report = delivery.report
         for i, m in enumerate(messages):
             try:
-                produce(m.topic, m.value, m.key, headers=m.headers, on_delivery=partial(report, m))
+                produce(m.topic, m.value, m.key, headers=m.headers, on_delivery=delivery)
             except BufferError:
                 # The local queue is full: Kafka is not keeping up. Hand this and the rest to the spool.
-                for rest in messages[i:]:
-                    delivery.fail(rest, "local producer queue full")
+                delivery.fail_from(i, "local producer queue full")
                 return
             except KafkaException as exc:
-                for rest in messages[i:]:
-                    delivery.fail(rest, str(exc))
+                delivery.fail_from(i, str(exc))
                 return
 
     async def publish(self, messages: list[Message]) -> str:
@@ -207,7 +235,7 @@ class Publisher:
         def done(delivery: _Delivery) -> None:
             loop.call_soon_threadsafe(lambda: future.done() or future.set_result(delivery))
 
-        self._produce(messages, _Delivery(len(messages), done))
+        self._produce(messages, _Delivery(messages, done))
         delivery = await future
         if not delivery.failed:
             return "kafka"
@@ -226,12 +254,12 @@ class Publisher:
     # --- draining -------------------------------------------------------------------------
     def _deliver_blocking(self, messages: list[Message]) -> _Delivery:
         finished = threading.Event()
-        delivery = _Delivery(len(messages), lambda _d: finished.set())
+        delivery = _Delivery(messages, lambda _d: finished.set())
         self._produce(messages, delivery)
         # Every message gets its report within message.timeout.ms; the margin covers the poll interval.
         if not finished.wait(self._delivery_timeout + 5.0):
             log.error("delivery reports overdue; treating %d message(s) as undelivered", len(messages))
-            return _Delivery(0, lambda _d: None).with_failed(messages)
+            return _Delivery([], lambda _d: None).with_failed(messages)
         return delivery
 
     def _recreate_producer(self) -> None:

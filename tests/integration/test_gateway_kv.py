@@ -91,3 +91,50 @@ def test_confirmations_ride_along_with_the_next_admission_and_are_flushed_when_i
             await probe.aclose()
 
     _run(scenario())
+
+
+# --- the minimal client behind the per-request admission -------------------------------------------
+def test_resp_client_loads_an_unknown_script_and_maps_errors_like_redis_py():
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import ResponseError
+
+    from ingest_gateway.resp import RespPool, Script
+
+    async def scenario():
+        pool = RespPool(REDIS_URL)
+        script = Script(f"-- {uuid.uuid4().hex}\nreturn {{KEYS[1], ARGV[1], tonumber(ARGV[2]) + 1}}")
+        first = await pool.run_script(script, ["k"], [b"v", 41])  # NOSCRIPT, then EVAL
+        again = await pool.run_script(script, ["k"], ["v", 1])  # now known by its SHA
+        with pytest.raises(ResponseError):
+            await pool.execute(b"NOSUCHCOMMAND")
+        assert await pool.execute(b"PING") == b"PONG"  # the connection survives an error reply
+        await pool.close()
+        unreachable = RespPool("redis://127.0.0.1:1/0", timeout=1.0)
+        with pytest.raises(RedisConnectionError):
+            await unreachable.execute(b"PING")
+        return first, again
+
+    assert _run(scenario()) == ([b"k", b"v", 42], [b"k", b"v", 2])
+
+
+def test_resp_client_replaces_a_connection_the_server_closed():
+    import redis
+
+    from ingest_gateway.resp import RespPool
+
+    async def scenario():
+        pool = RespPool(REDIS_URL)
+        client_id = await pool.execute(b"CLIENT", b"ID")
+        redis.Redis.from_url(REDIS_URL).client_kill_filter(_id=client_id)
+        assert await pool.execute(b"PING") == b"PONG"  # the idle one was dead: a new one answers
+        assert await pool.execute(b"CLIENT", b"ID") != client_id
+        await pool.close()
+
+    _run(scenario())
+
+
+def test_redis_kv_admits_through_the_minimal_client_and_redis_py_alike():
+    fast, plain = RedisKV.from_url(REDIS_URL), RedisKV.from_url(REDIS_URL)
+    plain._fast = None
+    assert fast._fast is not None
+    assert _run(_scenario(fast)) == _run(_scenario(plain))
