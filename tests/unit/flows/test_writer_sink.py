@@ -1,7 +1,12 @@
-"""The BatchWriter → Bytewax adapter: batching, pending rows kept in state while a writer fails, and the bound."""
+"""The BatchWriter → Bytewax adapter: batching, background writes, pending rows kept in state while a write runs or
+fails, and the bound."""
 from __future__ import annotations
 
+import threading
+import time
 from collections import Counter
+
+import pytest
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
@@ -9,7 +14,7 @@ from bytewax.testing import TestingSource, run_main
 
 from flows.metrics import PIPELINE_LAG, SINK_PENDING
 from flows.writer_sink import WriterSink
-from sinks.base import BatchWriter, RetryPolicy
+from sinks.base import BatchWriter, RetryPolicy, SinkError
 from tests.lakekit import rows
 
 
@@ -152,3 +157,162 @@ def test_outputs_name_the_warehouse_sinks(tmp_path):
     assert set(parse_outputs("all", make_settings(tmp_path))) == {"lake", "clickhouse", "snowflake"}
     writer = sinks["lake"]._writer._make()  # the writer module is imported only now
     assert writer.root == str(tmp_path / "lake")
+
+
+class GatedWriter(FlakyWriter):
+    """A FlakyWriter whose writes wait until ``gate`` is set, on the sink's own thread; records how many writes
+    ran at once and which thread made them."""
+
+    name = "gated"
+
+    def __init__(self, attempts: int = 1):
+        super().__init__(attempts)
+        self.gate = threading.Event()
+        self.started = threading.Event()
+        self.running = 0
+        self.most_at_once = 0
+        self.threads: set[str] = set()
+
+    def write_batch(self, batch) -> None:
+        self.running += 1
+        self.most_at_once = max(self.most_at_once, self.running)
+        self.threads.add(threading.current_thread().name)
+        self.started.set()
+        try:
+            assert self.gate.wait(10), "the test never opened the gate"
+            super().write_batch(batch)
+        finally:
+            self.running -= 1
+
+
+def real_sink(writer, name, **kw):
+    kw.setdefault("backoff", RetryPolicy(attempts=1, base_delay=0.4, max_delay=0.4))
+    return WriterSink(name, lambda: writer, parts=2, retry_timer=False, **kw)
+
+
+def wait_until(condition, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.005)
+
+
+def test_a_slow_write_does_not_hold_the_snapshot_and_its_rows_stay_in_the_state_until_confirmed():
+    writer = GatedWriter()
+    part = real_sink(writer, "slow", batch_rows=100, max_pending=1000, settle_timeout=1.0).build_part("s", "0", None)
+    try:
+        part.write_batch(rows(range(0, 10)))
+        started = time.monotonic()
+        state = part.snapshot()
+        assert 1.0 <= time.monotonic() - started < 5.0  # the grace period, not the write's duration
+        assert writer.started.is_set() and [r["kafka_offset"] for r in state] == list(range(10))
+        assert SINK_PENDING.labels(sink="slow")._value.get() == 10 and not part.failing
+        writer.gate.set()
+        wait_until(lambda: part.pending == 0)  # the sink's thread confirmed the write: nothing left to store
+        assert part.snapshot() == [] and writer.offsets() == list(range(10))
+        assert SINK_PENDING.labels(sink="slow")._value.get() == 0
+        assert PIPELINE_LAG.labels(sink="slow")._value.get() > 0
+        assert len(writer.threads) == 1 and writer.threads != {threading.current_thread().name}
+        writer.gate.clear()
+        part.write_batch(rows(range(10, 12)))
+        started = time.monotonic()
+        assert len(part.snapshot()) == 2
+        assert time.monotonic() - started < 0.5  # the sink is known to be slow: no wait at all
+    finally:
+        writer.gate.set()
+    part.close()
+    assert writer.offsets() == list(range(12))
+
+
+def test_a_write_that_fails_in_the_background_puts_its_rows_back_and_backs_off():
+    writer = GatedWriter(attempts=2)
+    part = real_sink(writer, "slow_fail", batch_rows=100, max_pending=1000, settle_timeout=0.05).build_part(
+        "s", "0", None)
+    writer.down = True
+    part.write_batch(rows(range(0, 10)))
+    assert len(part.snapshot()) == 10 and not part.failing  # still running: not a failure yet
+    writer.gate.set()
+    wait_until(lambda: part.failing)
+    assert writer.attempts == 2  # the writer's own retries, then the failure is the sink's
+    part.write_batch(rows(range(10, 20)))
+    assert [r["kafka_offset"] for r in part.snapshot()] == list(range(20))
+    assert writer.attempts == 2  # inside the backoff: no new write
+    time.sleep(0.45)
+    writer.down = False
+    part.snapshot()  # a probe (one attempt) after the backoff writes everything
+    wait_until(lambda: part.pending == 0)
+    assert writer.attempts == 3 and not part.failing and writer.offsets() == list(range(20))
+    part.close()
+
+
+def test_rows_arriving_during_a_write_go_next_in_order_partitions_share_calls_and_slowness_is_not_failure():
+    writer = GatedWriter()
+    sink_ = real_sink(writer, "ordered", batch_rows=7, max_pending=1000, settle_timeout=0.02)
+    parts = [sink_.build_part("s", str(i), None) for i in range(2)]
+    for start in range(0, 60, 5):
+        for i, part in enumerate(parts):
+            part.write_batch(rows(range(start, start + 5), partition=i))
+            part.snapshot()
+    assert writer.batches == [] and not any(p.failing for p in parts)  # every write still waits for the gate
+    assert parts[0].pending == 60 and parts[1].pending == 60
+    writer.gate.set()
+    wait_until(lambda: parts[0].pending == parts[1].pending == 0)
+    assert parts[0].snapshot() == parts[1].snapshot() == []
+    assert writer.most_at_once == 1  # one write at a time per sink
+    per_partition = Counter((n, r["kafka_partition"]) for n, b in enumerate(writer.batches) for r in b)
+    assert max(per_partition.values()) == 7  # at most batch_rows of a partition per write ...
+    assert any(len({r["kafka_partition"] for r in b}) == 2 for b in writer.batches)  # ... both sharing a call
+    for i in range(2):
+        offsets = [r["kafka_offset"] for b in writer.batches for r in b if r["kafka_partition"] == i]
+        assert offsets == list(range(60))  # each partition's rows reach the writer once, in offset order
+    assert not any(p.failing for p in parts)
+    for part in parts:
+        part.close()
+
+
+def test_a_write_over_call_timeout_counts_as_failed_and_its_late_success_still_confirms_it():
+    writer = GatedWriter()
+    part = real_sink(writer, "hung", batch_rows=100, max_pending=1000, call_timeout=0.2,
+                     settle_timeout=0.01).build_part("s", "0", None)
+    part.write_batch(rows(range(0, 10)))
+    part.snapshot()
+    time.sleep(0.6)
+    part.write_batch(rows(range(10, 15)))
+    assert part.failing and part.pending == 15
+    writer.gate.set()
+    wait_until(lambda: not part.failing)
+    part.snapshot()  # the rows that came during the hung write
+    wait_until(lambda: part.pending == 0)
+    assert writer.offsets() == list(range(15))
+    part.close()
+
+
+def test_an_unexpected_writer_error_is_raised_on_the_worker():
+    class Broken(FlakyWriter):
+        def write(self, batch) -> None:
+            raise TypeError("not a row")
+
+    part = real_sink(Broken(), "broken", batch_rows=100, max_pending=1000).build_part("s", "0", None)
+    part.write_batch(rows(range(0, 3)))
+    with pytest.raises(TypeError, match="not a row"):
+        part.snapshot()
+    assert part.pending == 3
+
+
+def test_close_waits_for_a_running_write_and_raises_when_rows_stay_unwritten():
+    writer = GatedWriter()
+    part = real_sink(writer, "closing", batch_rows=100, max_pending=1000, settle_timeout=0.01).build_part(
+        "s", "0", None)
+    part.write_batch(rows(range(0, 10)))
+    part.snapshot()
+    threading.Timer(0.2, writer.gate.set).start()
+    part.close()
+    assert part.pending == 0 and writer.offsets() == list(range(10))
+
+    down = FlakyWriter(attempts=1)
+    down.down = True
+    stuck = real_sink(down, "closing_down", batch_rows=100, max_pending=1000).build_part("s", "0", None)
+    stuck._close_timeout = 0.5
+    stuck.write_batch(rows(range(0, 4)))
+    with pytest.raises(SinkError, match="4 row"):
+        stuck.close()
