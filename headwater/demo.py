@@ -506,7 +506,7 @@ class Summary:
         return int(sample(self.gw, name, result=result) - sample(self.gw_before, name, result=result))
 
     def print(self) -> bool:
-        d, t, out = self.demo, self.demo.tally, self.demo.out
+        t, out = self.demo.tally, self.demo.out
         expected = len(t.accepted_ids)
         p = lambda *a: print(*a, file=out)  # noqa: E731
         p("\n" + "=" * 78)

@@ -319,7 +319,7 @@ class _KafkaReconciliation:
             notes.append(f"retention: the topic holds complete days from {v.covered_from} only")
         failed = sum(r[-1] == FAIL for r in rows)
         summary = (f"{failed} receive date(s) differ from the raw topic" if failed else
-                   f"every store holds the raw topic's valid events" if status == PASS else "nothing to compare")
+                   "every store holds the raw topic's valid events" if status == PASS else "nothing to compare")
         return CheckResult("kafka", status, summary,
                            ["received", "raw topic valid", *(f"{n}" for n in self.names), "status"], rows,
                            self.findings.listed(), self.findings.total, notes)

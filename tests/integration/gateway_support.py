@@ -227,10 +227,22 @@ __all__ = ["ADMIN_TOKEN", "CuttableProxy", "KID", "MASTER_KEY", "gateway_setting
 REPO = Path(__file__).resolve().parents[2]
 
 
+def stop_process_group(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
+    """Stop a process started with ``start_new_session=True`` and everything it spawned: ``sig``, then SIGKILL."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, sig)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+
+
 @contextlib.contextmanager
-def gateway_process(env: dict[str, str], *args: str, timeout: float = 30.0):
-    """``headwater gateway`` as an operator runs it, on a free loopback port; yields its base URL once
-    ``/readyz`` answers 200 and stops its whole process group afterwards.
+def gateway_process(env: dict[str, str], *args: str, timeout: float = 30.0, tls_context=None):
+    """``headwater gateway`` as an operator runs it, on a free loopback port; yields its base URL once it answers
+    (``/readyz`` 200 over HTTP, or ``/healthz`` over HTTPS verified against ``tls_context`` when given) and stops
+    its whole process group afterwards.
 
     :param env: the complete environment of the process
     :param args: more command-line arguments, e.g. ``"--workers", "2"``
@@ -240,24 +252,20 @@ def gateway_process(env: dict[str, str], *args: str, timeout: float = 30.0):
     proc = subprocess.Popen([sys.executable, "-m", "ingest_gateway.cli", "--host", "127.0.0.1", "--port", str(port),
                              *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
+    base = f"{'https' if tls_context else 'http'}://127.0.0.1:{port}"
+    probe = base + ("/healthz" if tls_context else "/readyz")
     try:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                with urllib.request.urlopen(base + "/readyz", timeout=5) as response:
+                with urllib.request.urlopen(probe, timeout=5, context=tls_context) as response:
                     if response.status == 200:
                         break
             except OSError:
                 pass
             assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
-            assert time.monotonic() < deadline, "gateway did not become ready"
+            assert time.monotonic() < deadline, f"gateway did not answer at {probe}"
             time.sleep(0.3)
         yield base
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+        stop_process_group(proc)

@@ -29,7 +29,7 @@ from geoip.build import build_city_database
 from headwater import traffic
 from headwater.settings import load_settings, quarter_of
 from headwater.sinkcheck import SINKS, SinkReader
-from tests.integration.gateway_support import free_port, gateway_process
+from tests.integration.gateway_support import free_port, gateway_process, stop_process_group
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -133,13 +133,7 @@ def _start_flow(env: dict[str, str], tmp_path: Path) -> subprocess.Popen:
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+    stop_process_group(proc, signal.SIGINT)  # Bytewax stops cleanly on an interrupt
 
 
 def _send(base: str, people: list[traffic.Person], tmp_path: Path) -> tuple[dict[str, tuple], set[str], set[str]]:

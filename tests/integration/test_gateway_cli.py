@@ -2,14 +2,11 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import os
-import signal
 import socket
 import ssl
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from http.client import HTTPException
@@ -80,44 +77,13 @@ def self_signed_certificate(directory) -> tuple[str, str]:
     return str(cert_path), str(key_path)
 
 
-@contextlib.contextmanager
-def https_gateway(env: dict[str, str], *args: str, trust, timeout: float = 30.0):
-    """``headwater gateway`` serving HTTPS on a free loopback port; yields its base URL once ``/healthz``
-    answers over TLS (verified against ``trust``), and stops its process group afterwards."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "ingest_gateway.cli", "--host", "127.0.0.1", "--port", str(port),
-                             *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    base = f"https://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/healthz", timeout=5, context=trust) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
-            assert time.monotonic() < deadline, "gateway did not answer over HTTPS"
-            time.sleep(0.3)
-        yield base
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-
-
 def test_gateway_serves_https_with_a_certificate(devstack, stack_settings, tmp_path):
     cert, key = self_signed_certificate(tmp_path)
     trust = ssl.create_default_context(cafile=cert)
     env = {k: v for k, v in {**os.environ, **devstack.env()}.items() if k != "HEADWATER_CONFIG"}
     env.update({"HEADWATER_DATA_DIR": str(tmp_path),
                 "HEADWATER_HMAC_KEYS": f"{KID}:{base64.b64encode(MASTER_KEY).decode()}"})
-    with https_gateway(env, "--ssl-certfile", cert, "--ssl-keyfile", key, trust=trust) as base:
+    with gateway_process(env, "--ssl-certfile", cert, "--ssl-keyfile", key, tls_context=trust) as base:
         events = [make_event() for _ in range(3)]
         body = orjson.dumps({"batch": events})
         request = urllib.request.Request(base + "/analytics/collect", data=body, method="POST", headers={
