@@ -16,21 +16,9 @@ from flows.dataflow import build_flow
 from flows.metrics import PIPELINE_LAG
 from flows.outputs import encode_row
 from flows.stages import ROW_COLUMNS, decode_dead_letter
-from geoip.build import build_city_database
-from schemas.registry import SchemaRegistry
-from tests.flowkit import GEO_CSV, PLANTED, identify_event, make_settings, message, page_event, wire
+from tests.flowkit import PLANTED, identify_event, make_settings, message, page_event, wire
 
 TODAY = dt.date(2026, 12, 3)
-
-
-@pytest.fixture(scope="module")
-def registry():
-    return SchemaRegistry.load()
-
-
-@pytest.fixture(scope="module")
-def geo_db(tmp_path_factory):
-    return build_city_database(GEO_CSV, tmp_path_factory.mktemp("geo") / "city.mmdb")
 
 
 @pytest.fixture()

@@ -16,20 +16,8 @@ from enrichers.geo import GeoEnricher
 from flows.dataflow import build_flow, make_processor
 from flows.outputs import KafkaRowSink, encode_row, row_record
 from flows.stages import ROW_COLUMNS, DeadLetter, Stages
-from geoip.build import build_city_database
-from schemas.registry import SchemaRegistry
 from schemas.wire import WireError, decode_raw, decode_raw_object
-from tests.flowkit import GEO_CSV, identify_event, make_settings, message, page_event, utc, wire
-
-
-@pytest.fixture(scope="module")
-def registry():
-    return SchemaRegistry.load()
-
-
-@pytest.fixture(scope="module")
-def geo_db(tmp_path_factory):
-    return build_city_database(GEO_CSV, tmp_path_factory.mktemp("geo") / "city.mmdb")
+from tests.flowkit import identify_event, make_settings, message, page_event, utc, wire
 
 
 @pytest.fixture()

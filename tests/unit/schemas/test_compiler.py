@@ -22,6 +22,7 @@ from schemas.compiler import Unsupported, _pattern_test, compile_check
 from schemas.explain import build_explainer
 from schemas.registry import DEFAULT_DIRECTORY, schema_files
 
+from .mutate import mutate, paths
 from .test_examples import VALID
 
 REGISTRY = SchemaRegistry.load()
@@ -80,17 +81,6 @@ json_value = st.recursive(
 )
 
 
-def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    found = [prefix]
-    if isinstance(value, dict):
-        for key, child in value.items():
-            found += _paths(child, prefix + (key,))
-    elif isinstance(value, list):
-        for index, child in enumerate(value):
-            found += _paths(child, prefix + (index,))
-    return found
-
-
 def _has_float(value: Any) -> bool:
     if isinstance(value, dict):
         return any(_has_float(v) for v in value.values())
@@ -130,23 +120,7 @@ mutation = st.tuples(st.sampled_from(["replace", "delete", "add"]), st.integers(
 @SETTINGS
 @given(st.sampled_from(sorted(VALID)), st.lists(mutation, min_size=1, max_size=3))
 def test_generated_checks_agree_with_both_validators(name: str, mutations: list[tuple[str, int, Any, str]]) -> None:
-    event = copy.deepcopy(VALID[name])
-    for action, pick, value, key in mutations:
-        paths = [p for p in _paths(event) if p]
-        if not paths:
-            break
-        *parents, last = paths[pick % len(paths)]
-        target = event
-        for part in parents:
-            target = target[part]
-        if action == "replace":
-            target[last] = value
-        elif action == "delete":
-            del target[last]
-        elif isinstance(target[last], dict):
-            target[last][key] = value
-        elif isinstance(target[last], list):
-            target[last].append(value)
+    event = mutate(VALID[name], mutations)
     event = orjson.loads(orjson.dumps(event))  # exactly what the gateway and the flow hand over
     generated = _generated_accepts(event)
     fast, full = _fastjsonschema_accepts(event), _jsonschema_accepts(event)
@@ -197,7 +171,7 @@ def _edge_values(schema: dict[str, Any], current: Any) -> list[Any]:
 def test_edges_of_every_field_agree_with_both_validators(name: str) -> None:
     base = orjson.loads(orjson.dumps(VALID[name]))
     checked = 0
-    for path in _paths(base):
+    for path in paths(base):
         schema = _subschema(base, path) if path else None
         if schema is None:
             continue

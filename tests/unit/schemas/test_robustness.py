@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from schemas import SchemaRegistry, ValidationIssue
 
+from .mutate import mutate
 from .test_examples import VALID
 
 REGISTRY = SchemaRegistry.load()
@@ -62,38 +63,13 @@ def test_arbitrary_envelopes(event: dict[str, Any]) -> None:
     _check(event)
 
 
-def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    found = [prefix]
-    if isinstance(value, dict):
-        for key, child in value.items():
-            found += _paths(child, prefix + (key,))
-    elif isinstance(value, list):
-        for index, child in enumerate(value):
-            found += _paths(child, prefix + (index,))
-    return found
-
-
 mutation = st.tuples(st.sampled_from(["replace", "delete", "add"]), st.integers(min_value=0), odd_values, st.text(max_size=10))
 
 
 @SETTINGS
 @given(st.sampled_from(sorted(VALID)), st.lists(mutation, min_size=1, max_size=4))
 def test_mutated_valid_events(name: str, mutations: list[tuple[str, int, Any, str]]) -> None:
-    event = copy.deepcopy(VALID[name])
-    for action, pick, value, key in mutations:
-        paths = [p for p in _paths(event) if p]
-        *parents, last = paths[pick % len(paths)]
-        target = event
-        for part in parents:
-            target = target[part]
-        if action == "replace":
-            target[last] = value
-        elif action == "delete":
-            del target[last]
-        elif isinstance(target[last], dict):
-            target[last][key] = value
-        elif isinstance(target[last], list):
-            target[last].append(value)
+    event = mutate(VALID[name], mutations)
     _check(event)
 
 
