@@ -36,7 +36,6 @@ import math
 import os
 import random
 import secrets
-import signal
 import socket
 import statistics
 import subprocess
@@ -53,6 +52,8 @@ from typing import Any, Callable, Sequence
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+from headwater.procs import stop_process_group  # noqa: E402 (after the path set-up)
 
 SINKS = ("clickhouse", "snowflake", "lake")
 EVENTS_PER_BATCH = 50
@@ -350,19 +351,6 @@ def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
                                 start_new_session=True)
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
-    except ProcessLookupError:
-        pass
-
-
 def _wait_ready(port: int, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -568,7 +556,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             for p in pollers:
                 p.stop()
             for proc in procs:
-                _stop(proc)
+                stop_process_group(proc)
             _cleanup(env_vars, table, say)
     median = {}
     for sink in sinks:

@@ -338,14 +338,8 @@ def _run(call: str, env: dict[str, str], work: Path, events: int, timeout_s: flo
     return events / (ended - started), (cpu - cpu_at_start) / events * 1e6
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Run the benchmark.
-
-    :param argv: command-line arguments without the program name (``None``: ``sys.argv[1:]``)
-    :returns: ``{"events", "bare": [...], "full": [...], "ratios": [...], "median_*", "bare_cpu_us": [...],
-        "full_cpu_us": [...]}`` (rates in events/s; CPU time per event in µs)
-    """
-    parser = argparse.ArgumentParser(prog="bench_flow", description=__doc__.split("\n\n")[0])
+def parse_pair_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """The options of a paired full-vs-bare flow benchmark (this one and bench_quix), parsed and checked."""
     parser.add_argument("--events", type=int, default=100_000, help="records per run (default 100000)")
     parser.add_argument("--runs", type=int, default=3, help="pairs of runs (default 3)")
     parser.add_argument("--brokers", default=os.environ.get("HEADWATER_KAFKA_BROKERS", "127.0.0.1:29092"))
@@ -356,6 +350,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if args.events < 1 or args.runs < 1:
         parser.error("--events and --runs must be positive")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark.
+
+    :param argv: command-line arguments without the program name (``None``: ``sys.argv[1:]``)
+    :returns: ``{"events", "bare": [...], "full": [...], "ratios": [...], "median_*", "bare_cpu_us": [...],
+        "full_cpu_us": [...]}`` (rates in events/s; CPU time per event in µs)
+    """
+    parser = argparse.ArgumentParser(prog="bench_flow", description=__doc__.split("\n\n")[0])
+    args = parse_pair_args(parser, argv)
     say = (lambda *a: None) if args.json else print
 
     from geoip.build import build_city_database

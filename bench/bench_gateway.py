@@ -31,7 +31,6 @@ import json
 import multiprocessing as mp
 import os
 import random
-import signal
 import socket
 import subprocess
 import sys
@@ -40,6 +39,8 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any, Sequence
+
+from headwater.procs import stop_process_group
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -256,17 +257,6 @@ def start_bare(port: int, brokers: str) -> subprocess.Popen:
     return proc
 
 
-def stop(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
-    except ProcessLookupError:
-        pass
-
-
 def bare_app_factory():
     """The ceiling: read the body, produce it to Kafka (acks=all, as the gateway does), answer once acked."""
     import threading
@@ -439,7 +429,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         try:
             results.append(measure_server("gateway", port, gateway.pid, args, seed=1000))
         finally:
-            stop(gateway)
+            stop_process_group(gateway)
     if not args.no_bare:
         ensure_topic(args.brokers, BARE_TOPIC)
         port = free_port()
@@ -447,7 +437,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         try:
             results.append(measure_server("bare ceiling", port, bare.pid, args, seed=2000))
         finally:
-            stop(bare)
+            stop_process_group(bare)
     report: dict[str, Any] = {"events_per_batch": EVENTS_PER_BATCH, "duration_s": args.duration,
                               "cores": os.cpu_count(), "redis": not args.no_redis, "results": results,
                               "per_core_basis": "accepted events / CPU seconds (utime + stime, all threads) of "

@@ -255,17 +255,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "bare_cpu_us": [...], "full_cpu_us": [...], "quixstreams"}`` (rates in events/s, ratios full/bare, peak
         memory in MiB and CPU time per event in µs, per run)
     """
+    from bench.bench_flow import parse_pair_args  # the parent side only: bench_flow imports Bytewax
+
     parser = argparse.ArgumentParser(prog="bench_quix", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--events", type=int, default=100_000, help="records per run (default 100000)")
-    parser.add_argument("--runs", type=int, default=3, help="pairs of runs (default 3)")
-    parser.add_argument("--brokers", default=os.environ.get("HEADWATER_KAFKA_BROKERS", "127.0.0.1:29092"))
-    parser.add_argument("--postgres-url", default=os.environ.get("HEADWATER_POSTGRES_URL",
-                                                                 "postgresql://postgres@127.0.0.1:5432/test"))
-    parser.add_argument("--no-verify", action="store_true", help="skip counting the first full run's output")
-    parser.add_argument("--json", action="store_true", help="print only the result as JSON")
-    args = parser.parse_args(argv)
-    if args.events < 1 or args.runs < 1:
-        parser.error("--events and --runs must be positive")
+    args = parse_pair_args(parser, argv)
     if not QUIX_PYTHON.exists():
         raise RuntimeError(f"{QUIX_PYTHON} is missing: create .venv-quix first (see the Makefile)")
     say = (lambda *a: None) if args.json else print

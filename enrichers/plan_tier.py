@@ -102,16 +102,22 @@ class SqliteAccountStore:
         return conn
 
     def fetch(self, user_ids: list[str]) -> dict[str, str | None]:
+        return {row[0]: row[1] for row in self._select(user_ids, "plan_tier")}
+
+    def fetch_accounts(self, user_ids: list[str]) -> dict[str, tuple[str | None, Any]]:
+        """``{user_id: (plan_tier, updated_at)}`` for the ids in the table (for the data-quality checks)."""
+        return {row[0]: (row[1], row[2]) for row in self._select(user_ids, "plan_tier, updated_at")}
+
+    def _select(self, user_ids: list[str], columns: str) -> list[tuple]:
         if not user_ids:
-            return {}
+            return []
         marks = ",".join("?" * len(user_ids))
         try:
-            rows = self._conns.get().execute(
-                f'SELECT user_id, plan_tier FROM "{self.table}" WHERE user_id IN ({marks})', user_ids).fetchall()
+            return self._conns.get().execute(
+                f'SELECT user_id, {columns} FROM "{self.table}" WHERE user_id IN ({marks})', user_ids).fetchall()
         except Exception:
             self._conns.discard()
             raise
-        return dict(rows)
 
     def close(self) -> None:
         self._conns.close_all()
@@ -137,19 +143,24 @@ class PostgresAccountStore:
         return psycopg.connect(self._url, autocommit=True, connect_timeout=3,
                                options=f"-c statement_timeout={self._timeout_ms}")
 
-    def _query(self) -> Any:
+    def fetch(self, user_ids: list[str]) -> dict[str, str | None]:
+        return {row[0]: row[1] for row in self._select(user_ids, ("plan_tier",))}
+
+    def fetch_accounts(self, user_ids: list[str]) -> dict[str, tuple[str | None, Any]]:
+        """``{user_id: (plan_tier, updated_at)}`` for the ids in the table (for the data-quality checks)."""
+        return {row[0]: (row[1], row[2]) for row in self._select(user_ids, ("plan_tier", "updated_at"))}
+
+    def _select(self, user_ids: list[str], columns: tuple[str, ...]) -> list[tuple]:
         from psycopg import sql
 
-        return sql.SQL("SELECT user_id, plan_tier FROM {} WHERE user_id = ANY(%s)").format(
-            sql.Identifier(*self.table.split(".")))
-
-    def fetch(self, user_ids: list[str]) -> dict[str, str | None]:
         if not user_ids:
-            return {}
+            return []
+        query = sql.SQL("SELECT user_id, {} FROM {} WHERE user_id = ANY(%s)").format(
+            sql.SQL(", ").join(map(sql.Identifier, columns)), sql.Identifier(*self.table.split(".")))
         try:
             with self._conns.get().cursor() as cur:
-                cur.execute(self._query(), (user_ids,))
-                return dict(cur.fetchall())
+                cur.execute(query, (user_ids,))
+                return cur.fetchall()
         except Exception:
             self._conns.discard()
             raise

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from headwater import traffic
+from headwater_client import FlushResult
 from headwater.settings import quarter_of
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,29 +116,16 @@ class DemoConfig:
 
 @dataclass
 class Tally:
-    """What the client side saw, from the SDK's answers."""
+    """What the client side saw: the SDK's answers, summed, and what the demo did besides."""
 
+    answers: FlushResult = field(default_factory=FlushResult)
     tracked: int = 0
-    accepted: int = 0
-    rejected: list[dict[str, Any]] = field(default_factory=list)
-    duplicates: int = 0
-    no_consent: int = 0
     not_captured: int = 0
-    failed: int = 0
-    pending: int = 0
     idempotent_replays: int = 0
     resent: int = 0
     direct_records: int = 0
     pii_planted: list[str] = field(default_factory=list)
     accepted_ids: set[str] = field(default_factory=set)
-
-    def add(self, result: Any) -> None:
-        self.accepted += result.accepted
-        self.rejected.extend(result.rejected)
-        self.duplicates += result.duplicates
-        self.no_consent += result.no_consent
-        self.failed += result.failed
-        self.pending += result.pending
 
 
 class Demo:
@@ -296,7 +284,7 @@ class Demo:
                         t.pii_planted += [person.email, person.phone, person.name]
                     sent.append((event_id, ev))
                 result = client.flush(timeout=30)
-                t.add(result)
+                t.answers.add(result)
                 rejected_ids = {r.get("event_id") for r in result.rejected}
                 if person.device_id not in opted_out and person.device_id not in never_consented:
                     t.accepted_ids.update(eid for eid, ev in sent if eid not in rejected_ids)
@@ -307,11 +295,12 @@ class Demo:
                         client.track(ev.name, ev.properties, user_id=person.user_id if ev.signed_in else None,
                                      context=person.context(), event_id=eid)
                         t.resent += 1
-                    t.add(client.flush(timeout=30))
+                    t.answers.add(client.flush(timeout=30))
             finally:
                 client.close()
-            self.progress.status(f"{n}/{len(people)} people · {t.tracked} events tracked · {t.accepted} accepted · "
-                                 f"{len(t.rejected)} rejected · {t.duplicates} duplicates")
+            a = t.answers
+            self.progress.status(f"{n}/{len(people)} people · {t.tracked} events tracked · {a.accepted} accepted · "
+                                 f"{len(a.rejected)} rejected · {a.duplicates} duplicates")
         self.progress.status(f"{len(people)}/{len(people)} people · {t.tracked} events tracked", force=True)
         self._send_server_events(AnalyticsEmitter, rng)
         self._idempotent_retry()
@@ -330,7 +319,7 @@ class Demo:
                 if event_id:
                     t.accepted_ids.add(event_id)
             result = emitter.flush(timeout=60)
-            t.add(result)
+            t.answers.add(result)
             t.accepted_ids.difference_update(r.get("event_id") for r in result.rejected)
         finally:
             emitter.close()
@@ -358,7 +347,7 @@ class Demo:
             with urllib.request.urlopen(req, timeout=10) as resp:
                 answers.append((resp.status, resp.headers.get("Idempotent-Replayed"), json.loads(resp.read())))
         if answers[0][2].get("accepted") == 1:
-            self.tally.accepted += 1
+            self.tally.answers.accepted += 1
             self.tally.accepted_ids.add(event["event_id"])
         if answers[1][1] == "true":
             self.tally.idempotent_replays += 1
@@ -427,17 +416,11 @@ class Demo:
             self.stack.down()
 
     def stop_processes(self) -> None:
+        from headwater.procs import stop_process_group
+
         for name in ("flow", "gateway"):
-            proc = self.procs.get(name)
-            if proc is None or proc.poll() is not None:
-                continue
-            try:
-                os.killpg(proc.pid, signal.SIGINT if name == "flow" else signal.SIGTERM)
-                proc.wait(20)
-            except (subprocess.TimeoutExpired, ProcessLookupError):
-                with _suppress():
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
+            if name in self.procs:
+                stop_process_group(self.procs[name], signal.SIGINT if name == "flow" else signal.SIGTERM)
 
     def write_env_file(self) -> Path:
         """``export`` lines for every setting of this demo, secrets included (they are throw-away keys made for

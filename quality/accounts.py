@@ -87,25 +87,7 @@ class AccountsSnapshot:
                                         f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
 
     def _fetch_with_updated_at(self, user_ids: list[str]) -> dict[str, Account]:
-        # The store's own per-thread connection (same timeouts, reopened after an error), one more column.
-        conns = self.store._conns
-        try:
-            if hasattr(self.store, "path"):  # SQLite
-                marks = ",".join("?" * len(user_ids))
-                rows = conns.get().execute(f'SELECT user_id, plan_tier, updated_at FROM "{self.store.table}" '
-                                           f"WHERE user_id IN ({marks})", user_ids).fetchall()
-            else:
-                from psycopg import sql
-
-                query = sql.SQL("SELECT user_id, plan_tier, updated_at FROM {} WHERE user_id = ANY(%s)").format(
-                    sql.Identifier(*self.store.table.split(".")))
-                with conns.get().cursor() as cur:
-                    cur.execute(query, (user_ids,))
-                    rows = cur.fetchall()
-        except Exception:
-            conns.discard()
-            raise
-        return {u: Account(t, _as_time(when)) for u, t, when in rows}
+        return {u: Account(t, _as_time(when)) for u, (t, when) in self.store.fetch_accounts(user_ids).items()}
 
     def close(self) -> None:
         self.store.close()

@@ -277,7 +277,6 @@ class SnowflakeStore:
 
     def __init__(self, writer: Any):
         self.writer = writer
-        self._conn: Any = None
 
     @classmethod
     def from_settings(cls, settings: Any) -> SnowflakeStore:
@@ -291,10 +290,7 @@ class SnowflakeStore:
 
     def _query(self, sql: str) -> list[tuple]:
         try:
-            if self._conn is None:
-                self._conn = self.writer._connect()  # the writer's connection code, minus its DDL
-            with self._conn.cursor() as cur:
-                return cur.execute(sql).fetchall()
+            return self.writer.read(sql)  # the writer's connection, without its set-up DDL
         except Exception as exc:
             raise StoreError(self.name, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                                         f" (query: {sql[:160]})") from exc
@@ -330,12 +326,6 @@ class SnowflakeStore:
         return out
 
     def close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except Exception:  # noqa: BLE001 - a broken connection may fail to close; it is dropped anyway
-                pass
-            self._conn = None
         self.writer.close()
 
 

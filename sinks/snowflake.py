@@ -284,6 +284,14 @@ class SnowflakeWriter(BatchWriter):
         self._ready = False
 
     # --- reads, for tests and smoke checks ----------------------------------------------
+    def read(self, sql: str) -> list[tuple]:
+        """Run a read-only statement on the writer's connection, opened without the set-up DDL (for checks that
+        must not create anything, such as ``headwater quality``)."""
+        if self._conn is None:
+            self._conn = self._connect()
+        with self._conn.cursor() as cur:
+            return cur.execute(sql).fetchall()
+
     def query(self, sql: str) -> list[tuple]:
         if self._conn is None:
             self.setup()

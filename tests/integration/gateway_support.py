@@ -3,8 +3,6 @@ cut a client off from its Kafka broker and restore it (a network partition witho
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +17,7 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from headwater.procs import stop_process_group
 from headwater.settings import Secret
 from ingest_gateway.signing import sign_request
 
@@ -225,17 +224,6 @@ __all__ = ["ADMIN_TOKEN", "CuttableProxy", "KID", "MASTER_KEY", "gateway_setting
 
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def stop_process_group(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
-    """Stop a process started with ``start_new_session=True`` and everything it spawned: ``sig``, then SIGKILL."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, sig)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
 
 
 @contextlib.contextmanager

@@ -29,7 +29,8 @@ from geoip.build import build_city_database
 from headwater import traffic
 from headwater.settings import load_settings, quarter_of
 from headwater.sinkcheck import SINKS, SinkReader
-from tests.integration.gateway_support import free_port, gateway_process, stop_process_group
+from headwater.procs import stop_process_group
+from tests.integration.gateway_support import free_port, gateway_process
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
