@@ -1,7 +1,8 @@
 """Read-side look-ups in the three sinks, for the demo summary and ``headwater smoke``.
 
 Each reader goes through the sink's own writer class (same URL parsing, credentials and filesystem), so a check
-reads exactly where the flow writes. Queries are read-only.
+reads exactly where the flow writes. Queries are read-only, and none runs a writer's set-up DDL (a check against a
+fresh warehouse must not create its tables).
 """
 from __future__ import annotations
 
@@ -66,7 +67,8 @@ class SinkReader:
                 return SinkCount(sink, len(ids), len(ids.unique()))
             if sink == "clickhouse":
                 return SinkCount(sink, w.count_final(), w.distinct_event_ids())
-            return SinkCount(sink, w.count(), w.distinct_event_ids())
+            rows, distinct = w.read(f"SELECT COUNT(*), COUNT(DISTINCT EVENT_ID) FROM {w.table}")[0]
+            return SinkCount(sink, int(rows), int(distinct))
         except Exception as exc:  # a summary line per sink, whatever went wrong
             return SinkCount(sink, error=f"{type(exc).__name__}: {exc}")
 
@@ -97,7 +99,7 @@ class SinkReader:
             rows = w.query(f"SELECT event_id, count() FROM {w.qualified_table} FINAL WHERE event_id IN ({ids}) "
                            f"GROUP BY event_id")
         else:
-            rows = w.query(f"SELECT EVENT_ID, COUNT(*) FROM {w.table} WHERE EVENT_ID IN ({ids}) GROUP BY EVENT_ID")
+            rows = w.read(f"SELECT EVENT_ID, COUNT(*) FROM {w.table} WHERE EVENT_ID IN ({ids}) GROUP BY EVENT_ID")
         return {str(r[0]): int(r[1]) for r in rows}
 
     def rows(self, sink: str, event_ids: list[str], columns: list[str]) -> list[dict[str, Any]]:
@@ -114,7 +116,7 @@ class SinkReader:
             result = w.query(f"SELECT {cols} FROM {w.qualified_table} FINAL WHERE event_id IN ({ids})")
         else:
             cols = ", ".join(c.upper() for c in columns)
-            result = w.query(f"SELECT {cols} FROM {w.table} WHERE EVENT_ID IN ({ids})")
+            result = w.read(f"SELECT {cols} FROM {w.table} WHERE EVENT_ID IN ({ids})")
         return [dict(zip(columns, r)) for r in result]
 
     def close(self) -> None:
