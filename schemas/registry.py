@@ -247,7 +247,9 @@ def _issues(compiled: _Compiled, instance: Any, prefix: str) -> list[ValidationI
         compiled.fast(instance)
         return []
     except Exception as exc:  # a validation error, or e.g. RecursionError comparing absurdly nested items
-        first_error = exc
+        # Kept without its traceback: that holds this frame and every caller's (the flow's whole batch among their
+        # locals) in a reference cycle through ``first_error``, which only the garbage collector could free.
+        first_error = exc.with_traceback(None)
     issues = explain(compiled.explainer, instance, prefix)
     if issues:
         return issues

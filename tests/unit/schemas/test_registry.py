@@ -206,3 +206,29 @@ def test_lifted_presence_alternatives_keep_their_meaning() -> None:
     for refused in ({"a": 1}, {}, {"c": "three"}):
         with pytest.raises(Exception):
             fast(refused)
+
+
+@pytest.mark.parametrize("method", ["validate", "validate_json"])
+def test_an_invalid_event_leaves_no_reference_cycle_behind(registry: SchemaRegistry, method: str) -> None:
+    """Explaining an invalid event must not keep the caller's frame alive until a garbage collection: in the flow
+    that frame holds the whole batch being processed, and in the gateway the whole request."""
+    import gc
+    import weakref
+
+    class Batch:  # stands for what the caller has in its locals
+        pass
+
+    def caller() -> tuple[list[ValidationIssue], weakref.ref]:
+        batch = Batch()
+        event = make_event("page_viewed", {"path": "/pricing"})  # no url: required
+        return getattr(registry, method)(event), weakref.ref(batch)
+
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        issues, batch = caller()
+        assert issues  # the invalid path was taken
+        assert batch() is None, "the caller's locals outlived the call: a reference cycle holds its frame"
+    finally:
+        if was_enabled:
+            gc.enable()
