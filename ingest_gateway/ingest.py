@@ -256,8 +256,8 @@ def raw_messages(topic: str, events: list[dict[str, Any]], schema_version: Calla
             outer["event"] = event
             value = dumps(outer)
         messages.append(Message(topic, str(subject).encode(), value,
-                                [("hw-event", str(name).encode()), ("hw-event-id", str(get("event_id", "")).encode()),
-                                 ("hw-schema-version", version)]))
+                                {"hw-event": str(name).encode(), "hw-event-id": str(get("event_id", "")).encode(),
+                                 "hw-schema-version": version}))
     return messages
 
 
@@ -271,7 +271,7 @@ async def _publish(gw: Gateway, request: HTTPConnection, fresh: list[dict[str, A
         event={}, received_at=received_at, gateway_id=options.gateway_id, source=source, sent_at=sent_at,
         client_ip=ip, user_agent=user_agent), fresh_texts)
     for r in records:
-        messages.append(Message(rejected_topic, (r.event_id or "").encode() or None, r.encode(), r.headers()))
+        messages.append(Message(rejected_topic, (r.event_id or "").encode() or None, r.encode(), dict(r.headers())))
     fresh_ids = [e["event_id"] for e in fresh]
     try:
         route = await gw.publisher.publish(messages)

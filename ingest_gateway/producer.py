@@ -29,23 +29,33 @@ __all__ = ["Message", "Publisher", "SpoolFull"]
 
 
 class Message(NamedTuple):
-    """One Kafka message to produce (a tuple: a request builds fifty of them, and a tuple is built in C)."""
+    """One Kafka message to produce (a tuple: a request builds fifty of them, and a tuple is built in C).
+
+    ``headers`` is normally a dict of names to bytes. Messages stay alive until Kafka acknowledges them, which
+    at full load means tens of thousands at once, and the garbage collector walks every tracked container among
+    them at each collection: a dict holding only strings and bytes is never tracked, while the equivalent list
+    of pairs is four tracked objects per message. A list of ``(name, value)`` pairs is accepted as well.
+    """
 
     topic: str
     key: bytes | None
     value: bytes
-    headers: list[tuple[str, bytes]]
+    headers: dict[str, bytes] | list[tuple[str, bytes]]
+
+
+def _header_pairs(headers: dict[str, bytes] | list[tuple[str, bytes]]) -> Iterable[tuple[str, bytes]]:
+    return headers.items() if isinstance(headers, dict) else headers
 
 
 def encode_batch(messages: Iterable[Message]) -> bytes:
     """The spool's record for a batch (latin-1 maps bytes to text losslessly)."""
     return orjson.dumps([[m.topic, None if m.key is None else m.key.decode("latin-1"), m.value.decode("latin-1"),
-                          [[h, v.decode("latin-1")] for h, v in m.headers]] for m in messages])
+                          [[h, v.decode("latin-1")] for h, v in _header_pairs(m.headers)]] for m in messages])
 
 
 def decode_batch(payload: bytes) -> list[Message]:
     return [Message(t, None if k is None else k.encode("latin-1"), v.encode("latin-1"),
-                    [(h, hv.encode("latin-1")) for h, hv in hs]) for t, k, v, hs in orjson.loads(payload)]
+                    {h: hv.encode("latin-1") for h, hv in hs}) for t, k, v, hs in orjson.loads(payload)]
 
 
 # Errors that mean this producer's idempotence state (id, epoch, sequence) is no longer usable: only a new

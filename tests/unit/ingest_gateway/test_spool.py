@@ -110,6 +110,14 @@ def test_concurrent_appends_are_all_kept(tmp_path):
 
 
 def test_batch_encoding_round_trips_arbitrary_bytes():
-    batch = [Message("analytics.events.raw", b"user-\xc3\xa9", b'{"v":1,"x":"\xe2\x82\xac"}', [("hw-event", b"a\xff")]),
-             Message("analytics.events.rejected", None, b"{}", [])]
+    batch = [Message("analytics.events.raw", b"user-\xc3\xa9", b'{"v":1,"x":"\xe2\x82\xac"}',
+                     {"hw-event": b"a\xff", "hw-event-id": b"e1"}),
+             Message("analytics.events.rejected", None, b"{}", {})]
     assert decode_batch(encode_batch(batch)) == batch
+
+
+def test_batch_encoding_takes_header_pairs_too():
+    """A spool written when headers were lists of pairs, and callers that still pass them, read back as dicts."""
+    batch = [Message("analytics.events.raw", b"k", b"v", [("hw-event", b"a"), ("hw-event-id", b"e1")])]
+    assert decode_batch(encode_batch(batch)) == [Message("analytics.events.raw", b"k", b"v",
+                                                         {"hw-event": b"a", "hw-event-id": b"e1"})]
