@@ -256,23 +256,30 @@ class PiiHasher:
         """
         return PiiOutcome(*self.protect_parts(event, day, client_ip))
 
-    def protect_parts(self, event: Mapping[str, Any], day: dt.date,
-                      client_ip: str | None = None) -> tuple[dict[str, Any], list[str], str, str | None]:
+    def protect_parts(self, event: Mapping[str, Any], day: dt.date, client_ip: str | None = None, *,
+                      in_place: bool = False) -> tuple[dict[str, Any], list[str], str, str | None]:
         """:meth:`protect` as the tuple ``(event, ips, salt_id, salt_id_prev)``, for callers that do this per event
         and have no use for the :class:`PiiOutcome` object.
 
+        :param in_place: change ``event`` itself (a dict) where the marks allow it, instead of copying every
+            container that holds a marked field; for a caller that owns the event and has no further use for its
+            raw values (the flow, with an event fresh from the wire). The returned event may still be a copy.
         :raises MissingSaltError: when no salt covers ``day``
         """
         keys = self._keys_on(day)
         name = event.get("event")
-        out = dict(event)
         ips: list[str] = []
         plan = self._plans(name if isinstance(name, str) else "")
-        if plan.flat is not None:
-            _apply_flat(out, plan.flat, keys.hasher, keys.previous_hasher, ips)
-        else:
+        if plan.flat is None:
+            out = dict(event)
             for segments, mark in plan.steps:
                 _apply(out, segments, _action(mark, keys.primary, keys.previous, ips))
+        elif in_place and type(event) is dict:
+            out = event
+            _apply_flat_in_place(out, plan.flat, keys.hasher, keys.previous_hasher, ips)
+        else:
+            out = dict(event)
+            _apply_flat(out, plan.flat, keys.hasher, keys.previous_hasher, ips)
         if client_ip:
             ips.append(client_ip)
         previous = keys.previous
@@ -343,6 +350,20 @@ def _apply_flat(out: dict, groups: tuple[_FlatGroup, ...], hasher: KeyedHasher, 
                     own = copies[prefix] = container[prefix[-1]] = dict(container[prefix[-1]])
                 container = own
             _apply_marks(container, group.ops, hasher, previous, ips)
+
+
+def _apply_flat_in_place(event: dict, groups: tuple[_FlatGroup, ...], hasher: KeyedHasher,
+                         previous: KeyedHasher | None, ips: list[str]) -> None:
+    """:func:`_apply_flat` changing ``event``'s own containers instead of copies."""
+    for group in groups:
+        container: Any = event
+        for name in group.path:
+            container = container.get(name)
+            if not isinstance(container, dict):
+                break
+        else:
+            if not group.keys.isdisjoint(container):
+                _apply_marks(container, group.ops, hasher, previous, ips)
 
 
 def _apply_marks(parent: dict, ops: tuple[tuple[str, str], ...], hasher: KeyedHasher, previous: KeyedHasher | None,

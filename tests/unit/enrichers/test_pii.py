@@ -176,3 +176,27 @@ def test_protect_parts_is_protect_as_a_tuple(registry):
     assert hasher.protect_parts(event, JAN_OVERLAP, "203.0.113.9") == (outcome.event, outcome.ips, outcome.salt_id,
                                                                       outcome.salt_id_prev)
     assert outcome.salt_id_prev is not None and outcome.event["properties"]["email__prev"]
+
+
+@pytest.mark.parametrize("day", [DEC, JAN_OVERLAP])
+def test_in_place_gives_the_same_result_on_the_event_itself(registry, day):
+    hasher = PiiHasher(parse_pii_salts(salts_env(), 14), registry.pii_fields)
+    event = identify_event()
+    copied = hasher.protect_parts(event, day, "203.0.113.9")
+    assert event == identify_event() | {"event_id": event["event_id"]}  # the copying form leaves it alone
+    own = identify_event() | {"event_id": event["event_id"]}
+    in_place = hasher.protect_parts(own, day, "203.0.113.9", in_place=True)
+    assert in_place == copied
+    assert in_place[0] is own and "ip" not in own["context"]
+    assert own["properties"]["email"] == copied[0]["properties"]["email"] != event["properties"]["email"]
+
+
+def test_in_place_copies_when_a_plan_is_not_plain(registry):
+    # Marks through arrays or maps take the general, copying walk: the caller's event is then left as it was.
+    marks = {"properties.people[].email": "hash", "context.ip": "ip"}
+    hasher = PiiHasher(parse_pii_salts(salts_env(), 14), lambda name: marks)
+    event = {"event": "x", "properties": {"people": [{"email": "a@example.org"}]}, "context": {"ip": "81.2.69.1"}}
+    out, ips, _, _ = hasher.protect_parts(event, DEC, in_place=True)
+    assert out is not event and ips == ["81.2.69.1"]
+    assert out["properties"]["people"][0]["email"] == expected("a@example.org", SALT_Q4)
+    assert event["properties"]["people"][0]["email"] == "a@example.org"
