@@ -45,6 +45,9 @@ ROW_COLUMNS = (
     "source", "schema_version", "clock_skew_seconds", "kafka_topic", "kafka_partition", "kafka_offset",
 )
 
+_from_iso = dt.datetime.fromisoformat
+_UTC = dt.timezone.utc
+
 #: Entries of each per-process memo (user agents, parsed times, masked addresses) before it starts afresh.
 _MEMO_SIZE = 10_000
 
@@ -145,7 +148,15 @@ class Stages:
 
         # Clock: event_time() spelled out with memoised parsing (a gateway batch shares its receive and send times).
         times = self._times
-        timestamp = times.get(event["timestamp"]) or self._time(event["timestamp"])
+        # The event's own time is nearly always new, so it is parsed without the memo. The validator has already
+        # checked it is an RFC 3339 date-time; anything but the plain UTC form takes parse_time's full path.
+        text = event["timestamp"]
+        try:
+            timestamp = _from_iso(text)
+        except (TypeError, ValueError):
+            timestamp = None
+        if timestamp is None or timestamp.tzinfo is not _UTC or len(text) < 20:
+            timestamp = parse_time(text)
         received_text = doc["received_at"]
         received = times.get(received_text) or self._time(received_text)
         if timestamp is None or received is None:
@@ -172,7 +183,9 @@ class Stages:
         event_date = corrected.date()
 
         try:
-            protected, ips, salt_id, salt_id_prev = self.pii.protect_parts(event, event_date, doc.get("client_ip"))
+            # In place: the event is this call's own, fresh from the wire, and only its protected form is used on.
+            protected, ips, salt_id, salt_id_prev = self.pii.protect_parts(event, event_date, doc.get("client_ip"),
+                                                                           in_place=True)
         except MissingSaltError as exc:
             return self._dead(msg, "pii", [_reason("timestamp", str(exc))], event)
         # From here on nothing of the event is raw: what goes wrong is a bug, and the letter carries no original.
