@@ -6,6 +6,9 @@ pipeline lag of a replayed event shows its real age). By default only letters wh
 validates are re-driven; the rest are counted and left where they are. Replaying twice produces twice: sinks
 dedupe on ``event_id``. Dead letters without an original (failures after PII was applied) cannot be replayed
 from here; their source coordinates point at the raw record.
+
+Originals are sealed (:mod:`flows.sealing`) under keys derived from the PII salts, so replay needs the same salts
+as the flow; a letter whose salt has since been removed from the configuration is counted as unreadable and left.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition, OFFSET_BEGINNING
 
+from flows.sealing import LetterSeal, SealError
 from flows.stages import decode_dead_letter
 from schemas.wire import WireError, decode_raw
 
@@ -27,11 +31,13 @@ class ReplayReport:
     still_invalid: int = 0
     skipped: int = 0
     no_original: int = 0
+    unreadable: int = 0
     by_stage: dict[str, int] = field(default_factory=dict)
 
     def __str__(self) -> str:
         return (f"read {self.read} dead letter(s): replayed {self.replayed}, still invalid {self.still_invalid}, "
-                f"filtered out {self.skipped}, without original {self.no_original}")
+                f"filtered out {self.skipped}, without original {self.no_original}, "
+                f"sealed under a salt no longer configured {self.unreadable}")
 
 
 def replay_dead_letters(settings: Any, registry: Any, *, from_topic: str | None = None,
@@ -51,6 +57,7 @@ def replay_dead_letters(settings: Any, registry: Any, *, from_topic: str | None 
     from_topic = from_topic or settings.kafka_topic_invalid
     to_topic = to_topic or settings.kafka_topic_raw
     report = ReplayReport()
+    seal = LetterSeal.from_settings(settings)
     consumer = Consumer(settings.kafka_config(**{
         "group.id": f"headwater-replay-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
         "fetch.wait.max.ms": 10, "session.timeout.ms": 6000, "heartbeat.interval.ms": 1000}))
@@ -68,7 +75,7 @@ def replay_dead_letters(settings: Any, registry: Any, *, from_topic: str | None 
                 continue
             last = time.monotonic()
             report.read += 1
-            _consider(msg.value(), registry, stage, event, include_invalid, report, producer, to_topic)
+            _consider(msg.value(), seal, registry, stage, event, include_invalid, report, producer, to_topic)
         if producer is not None and producer.flush(30) != 0:
             raise KafkaException("not every replayed record was acknowledged")
     finally:
@@ -76,10 +83,13 @@ def replay_dead_letters(settings: Any, registry: Any, *, from_topic: str | None 
     return report
 
 
-def _consider(value: bytes, registry: Any, stage: str | None, event: str | None, include_invalid: bool,
-              report: ReplayReport, producer: Producer | None, to_topic: str) -> None:
+def _consider(value: bytes, seal: LetterSeal, registry: Any, stage: str | None, event: str | None,
+              include_invalid: bool, report: ReplayReport, producer: Producer | None, to_topic: str) -> None:
     try:
-        letter = decode_dead_letter(value)
+        letter = decode_dead_letter(value, seal)
+    except SealError:
+        report.unreadable += 1
+        return
     except Exception:
         report.skipped += 1
         return

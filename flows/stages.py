@@ -31,6 +31,7 @@ from enrichers.metrics import CacheCounter
 from enrichers.pii import MissingSaltError, PiiHasher, mask_ip
 from enrichers.plan_tier import UNKNOWN, PlanTierLookup
 from flows.metrics import STAGES
+from flows.sealing import LetterSeal
 from schemas.wire import WireError, decode_raw_object
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,8 @@ class DeadLetter:
     :param stage: where it failed: decode, validate, time, pii or enrich
     :param reasons: ``[{"path": …, "message": …}]``, PII-safe (the registry never quotes marked values)
     :param original: the raw record's bytes, for replay; ``None`` when the failure came after PII was applied
+    :param seal: a :class:`flows.sealing.LetterSeal`: when set, :meth:`encode` writes ``original`` encrypted,
+        never in clear (the flow always sets it; ``None`` writes it base64-encoded only)
     """
 
     stage: str
@@ -71,22 +74,43 @@ class DeadLetter:
     event_id: str | None = None
     event: str | None = None
     failed_at: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat())
+    seal: Any = field(default=None, repr=False, compare=False)
 
     def encode(self) -> bytes:
+        plain = sealed = seal_key = None
+        if self.original is not None:
+            if self.seal is not None:
+                seal_key, sealed_bytes = self.seal.seal(self.original)
+                sealed = base64.b64encode(sealed_bytes).decode()
+            else:
+                plain = base64.b64encode(self.original).decode()
         return orjson.dumps({
             "v": DEAD_LETTER_VERSION, "stage": self.stage, "reasons": self.reasons,
             "event_id": self.event_id, "event": self.event,
             "source_topic": self.topic, "source_partition": self.partition, "source_offset": self.offset,
             "failed_at": self.failed_at,
             "original_key_b64": base64.b64encode(self.key).decode() if self.key is not None else None,
-            "original_b64": base64.b64encode(self.original).decode() if self.original is not None else None,
+            "original_b64": plain, "original_sealed_b64": sealed, "original_seal_key": seal_key,
         })
 
 
-def decode_dead_letter(value: bytes) -> dict[str, Any]:
-    """A dead letter as a dict, with ``original`` and ``original_key`` decoded back to bytes (or ``None``)."""
+def decode_dead_letter(value: bytes, seal: Any = None) -> dict[str, Any]:
+    """A dead letter as a dict, with ``original`` and ``original_key`` decoded back to bytes (or ``None``).
+
+    ``sealed`` tells whether the original was written encrypted; it is opened when ``seal`` (a
+    :class:`flows.sealing.LetterSeal`) is given, and ``original`` is ``None`` otherwise.
+
+    :raises flows.sealing.SealError: when ``seal`` cannot open the original (its salt is gone, or it was altered)
+    """
     doc = orjson.loads(value)
-    doc["original"] = base64.b64decode(doc["original_b64"]) if doc.get("original_b64") else None
+    doc["sealed"] = bool(doc.get("original_sealed_b64"))
+    if doc["sealed"]:
+        opened = None
+        if seal is not None:
+            opened = seal.open(str(doc.get("original_seal_key")), base64.b64decode(doc["original_sealed_b64"]))
+        doc["original"] = opened
+    else:
+        doc["original"] = base64.b64decode(doc["original_b64"]) if doc.get("original_b64") else None
     doc["original_key"] = base64.b64decode(doc["original_key_b64"]) if doc.get("original_key_b64") else None
     return doc
 
@@ -104,11 +128,13 @@ class Stages:
     :param plan_tiers: the plan-tier look-up
     :param ip_handling: ``truncate`` keeps the /24 or /48 network in ``ip_truncated``; ``drop`` keeps nothing
     :param max_skew: the largest clock correction applied
+    :param seal: a :class:`flows.sealing.LetterSeal` for the dead letters' originals (``None``: written in clear)
     """
 
     def __init__(self, registry: Any, pii: PiiHasher, geo: GeoEnricher, plan_tiers: PlanTierLookup,
-                 ip_handling: str = "truncate", max_skew: dt.timedelta = dt.timedelta(days=2)):
+                 ip_handling: str = "truncate", max_skew: dt.timedelta = dt.timedelta(days=2), seal: Any = None):
         self.registry = registry
+        self.seal = seal
         self.pii = pii
         self.geo = geo
         self.plan_tiers = plan_tiers
@@ -127,7 +153,8 @@ class Stages:
         stages = cls(registry, PiiHasher.from_settings(settings, registry),
                      GeoEnricher.from_settings(settings, cache_size=settings.geoip_cache_size),
                      PlanTierLookup.from_settings(settings, **plan_tier_options), settings.ip_handling,
-                     max_skew=dt.timedelta(seconds=settings.clock_skew_max_seconds))
+                     max_skew=dt.timedelta(seconds=settings.clock_skew_max_seconds),
+                     seal=LetterSeal.from_settings(settings))
         # The user-agent rules load on first use, a fraction of a second: at start-up, not on the first batch.
         user_agent_info({"context": {}}, "Mozilla/5.0")
         return stages
@@ -242,7 +269,7 @@ class Stages:
         log.debug("dead letter: stage=%s at %s/%s/%s, %d reason(s)", stage, *where, len(reasons))
         return DeadLetter(stage, reasons, *where, key=msg.key, original=msg.value,
                           event_id=event_id if isinstance(event_id, str) else None,
-                          event=name if isinstance(name, str) else None)
+                          event=name if isinstance(name, str) else None, seal=self.seal)
 
     def _time(self, text: Any) -> dt.datetime | None:
         """:func:`parse_time`, remembered (also when the text is not a time)."""

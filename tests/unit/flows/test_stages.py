@@ -15,7 +15,7 @@ from enrichers.context import event_time
 from enrichers.geo import GeoEnricher
 from flows.dataflow import build_flow, make_processor
 from flows.outputs import KafkaRowSink, encode_row, row_record
-from flows.stages import ROW_COLUMNS, DeadLetter, Stages
+from flows.stages import ROW_COLUMNS, DeadLetter, Stages, decode_dead_letter
 from schemas.wire import WireError, decode_raw, decode_raw_object
 from tests.flowkit import identify_event, make_settings, message, page_event, utc, wire
 
@@ -143,7 +143,8 @@ def test_the_processing_step_hands_on_one_batch_per_source_partition(stages):
     assert [r["kafka_offset"] for r in one.rows] == [0, 2] and one.letters == []
     assert [r["kafka_offset"] for r in zero.rows] == [3] and [l.offset for l in zero.letters] == [1]
     assert [k for k, _ in one.keyed_rows()] == ["1", "1"] and list(zero.keyed_letters()) == [("0", zero.letters[0])]
-    assert [m.value for m in zero.letter_messages()] == [zero.letters[0].encode()]
+    (sent,) = [decode_dead_letter(m.value, stages.seal) for m in zero.letter_messages()]  # sealed: a fresh nonce each
+    assert (sent["source_offset"], sent["original"]) == (1, zero.letters[0].original) and sent["sealed"]
     assert make_processor(stages)([]) == []
 
 
