@@ -276,7 +276,7 @@ class PiiHasher:
                 _apply(out, segments, _action(mark, keys.primary, keys.previous, ips))
         elif in_place and type(event) is dict:
             out = event
-            _apply_flat_in_place(out, plan.flat, keys.hasher, keys.previous_hasher, ips)
+            _apply_flat(out, plan.flat, keys.hasher, keys.previous_hasher, ips, copy=False)
         else:
             out = dict(event)
             _apply_flat(out, plan.flat, keys.hasher, keys.previous_hasher, ips)
@@ -327,10 +327,12 @@ def _flat_groups(steps: Sequence[tuple[tuple[str, ...], str]]) -> tuple[_FlatGro
 
 
 def _apply_flat(out: dict, groups: tuple[_FlatGroup, ...], hasher: KeyedHasher, previous: KeyedHasher | None,
-                ips: list[str]) -> None:
-    """The grouped plain-path steps applied to ``out`` (a shallow copy of the event). A container is copied (once,
-    with every container above it) only when it holds a marked key, so the caller's event is never modified and an
-    event without personal data costs a few look-ups."""
+                ips: list[str], copy: bool = True) -> None:
+    """The grouped plain-path steps applied to ``out``.
+
+    With ``copy`` (``out`` a shallow copy of the event), a container is copied, once and with every container above
+    it, only when it holds a marked key, so the caller's event is never modified and an event without personal
+    data costs a few look-ups. Without, ``out`` is the event itself and its own containers are changed."""
     copies: dict[tuple[str, ...], dict] | None = None
     for group in groups:
         container: Any = out
@@ -341,29 +343,16 @@ def _apply_flat(out: dict, groups: tuple[_FlatGroup, ...], hasher: KeyedHasher, 
         else:
             if group.keys.isdisjoint(container):
                 continue
-            if copies is None:
-                copies = {}
-            container = out
-            for prefix in group.prefixes:
-                own = copies.get(prefix)
-                if own is None:
-                    own = copies[prefix] = container[prefix[-1]] = dict(container[prefix[-1]])
-                container = own
+            if copy:
+                if copies is None:
+                    copies = {}
+                container = out
+                for prefix in group.prefixes:
+                    own = copies.get(prefix)
+                    if own is None:
+                        own = copies[prefix] = container[prefix[-1]] = dict(container[prefix[-1]])
+                    container = own
             _apply_marks(container, group.ops, hasher, previous, ips)
-
-
-def _apply_flat_in_place(event: dict, groups: tuple[_FlatGroup, ...], hasher: KeyedHasher,
-                         previous: KeyedHasher | None, ips: list[str]) -> None:
-    """:func:`_apply_flat` changing ``event``'s own containers instead of copies."""
-    for group in groups:
-        container: Any = event
-        for name in group.path:
-            container = container.get(name)
-            if not isinstance(container, dict):
-                break
-        else:
-            if not group.keys.isdisjoint(container):
-                _apply_marks(container, group.ops, hasher, previous, ips)
 
 
 def _apply_marks(parent: dict, ops: tuple[tuple[str, str], ...], hasher: KeyedHasher, previous: KeyedHasher | None,
