@@ -74,18 +74,23 @@ class LetterSeal:
         return cipher
 
     def current_key_id(self) -> str:
-        """The salt letters are sealed under today: this quarter's, else the newest one valid today.
+        """The salt letters are sealed under today: this quarter's, else the newest one valid today, else (a flow
+        that has run into a quarter nobody configured a salt for, whose events all become dead letters) the one
+        that stays valid the longest. Sealing under an expired salt still needs that salt to open, so nothing is
+        written in clear and the flow keeps going.
 
-        :raises SealError: when no salt is valid today (the flow does not start without one)
+        :raises SealError: when no salt is configured at all
         """
         today = self._today()
         own = quarter_id(today)
         if own in self._salts and self._salts[own].valid_from <= today <= self._salts[own].valid_until:
             return own
         valid = [s for s in self._salts.values() if s.valid_from <= today <= s.valid_until]
-        if not valid:
-            raise SealError(f"no PII salt is valid on {today.isoformat()}: dead letters cannot be sealed")
-        return max(valid, key=lambda s: s.valid_from).salt_id
+        if valid:
+            return max(valid, key=lambda s: s.valid_from).salt_id
+        if not self._salts:
+            raise SealError("no PII salt is configured: dead letters cannot be sealed")
+        return max(self._salts.values(), key=lambda s: s.valid_until).salt_id
 
     def seal(self, data: bytes) -> tuple[str, bytes]:
         """``(key id, nonce ‖ ciphertext ‖ tag)`` for ``data``."""
