@@ -53,7 +53,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from headwater.procs import stop_process_group  # noqa: E402 (after the path set-up)
+from bench.bench_gateway import wait_ready  # noqa: E402 (after the path set-up)
+from headwater.procs import stop_process_group  # noqa: E402
 
 SINKS = ("clickhouse", "snowflake", "lake")
 EVENTS_PER_BATCH = 50
@@ -351,21 +352,6 @@ def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
                                 start_new_session=True)
 
 
-def _wait_ready(port: int, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"gateway exited with {proc.returncode}: {log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"gateway not ready within {timeout:.0f} s: {log.read_text()[-2000:]}")
-
-
 def _create_topics(brokers: str, names: list[str]) -> None:
     from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -520,7 +506,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             procs.append(_spawn(["gateway", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"], env,
                                 gateway_log))
             procs.append(_spawn(["flow", "-s", f"{args.epoch_seconds:g}"], env, flow_log))
-            _wait_ready(port, procs[0], gateway_log)
+            wait_ready(port, procs[0], timeout=60, output=lambda: gateway_log.read_text()[-2000:])
             say(f"e2e: gateway on :{port} and flow started (topic {env_vars['HEADWATER_KAFKA_TOPIC_RAW']})")
             settings = load_settings(env_vars)
             sender = Sender(port, master_key)

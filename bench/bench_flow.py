@@ -338,6 +338,22 @@ def _run(call: str, env: dict[str, str], work: Path, events: int, timeout_s: flo
     return events / (ended - started), (cpu - cpu_at_start) / events * 1e6
 
 
+def child_env(args: argparse.Namespace, work: Path, drop: tuple[str, ...] = ("HEADWATER_",)) -> dict[str, str]:
+    """The environment of a benchmark's flow child: this one without the variables starting with ``drop``, plus the
+    broker and PostgreSQL of ``args``, a PII salt for today's quarter and a geo database built in ``work``."""
+    from geoip.build import build_city_database
+    from headwater.settings import quarter_of
+
+    geo_db = build_city_database(REPO / "tests" / "data" / "geoip_test.csv", work / "city.mmdb")
+    salt = base64.b64encode(b"bench-salt-0123456789abcdef-0123").decode()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    env.update({"HEADWATER_KAFKA_BROKERS": args.brokers, "HEADWATER_POSTGRES_URL": args.postgres_url,
+                "HEADWATER_PII_SALTS": f"{quarter_of(dt.datetime.now(dt.timezone.utc).date())}:{salt}",
+                "HEADWATER_GEOIP_DB": str(geo_db), "HEADWATER_DATA_DIR": str(work / "data"),
+                "HEADWATER_LOG_LEVEL": "WARNING", "PYTHONPATH": str(REPO)})
+    return env
+
+
 def parse_pair_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
     """The options of a paired full-vs-bare flow benchmark (this one and bench_quix), parsed and checked."""
     parser.add_argument("--events", type=int, default=100_000, help="records per run (default 100000)")
@@ -364,9 +380,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_pair_args(parser, argv)
     say = (lambda *a: None) if args.json else print
 
-    from geoip.build import build_city_database
-    from headwater.settings import quarter_of
-
     suffix = uuid.uuid4().hex[:8]
     raw_topic = f"bench.flow.raw.{suffix}"
     records = make_records(args.events)
@@ -379,13 +392,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     try:
         with tempfile.TemporaryDirectory(prefix="bench-flow-") as tmp:
             work = Path(tmp)
-            geo_db = build_city_database(REPO / "tests" / "data" / "geoip_test.csv", work / "city.mmdb")
-            salt = base64.b64encode(b"bench-salt-0123456789abcdef-0123").decode()
-            env = {k: v for k, v in os.environ.items() if not k.startswith("HEADWATER_")}
-            env.update({"HEADWATER_KAFKA_BROKERS": args.brokers, "HEADWATER_POSTGRES_URL": args.postgres_url,
-                        "HEADWATER_PII_SALTS": f"{quarter_of(dt.datetime.now(dt.timezone.utc).date())}:{salt}",
-                        "HEADWATER_GEOIP_DB": str(geo_db), "HEADWATER_DATA_DIR": str(work / "data"),
-                        "HEADWATER_LOG_LEVEL": "WARNING", "PYTHONPATH": str(REPO)})
+            env = child_env(args, work)
             timeout_s = max(120.0, args.events / 500)
             for run in range(1, args.runs + 1):
                 topics = {k: f"bench.flow.{k}.{suffix}.{run}" for k in ("bare", "rows", "invalid")}

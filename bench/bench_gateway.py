@@ -38,7 +38,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from headwater.procs import stop_process_group
 
@@ -216,9 +216,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime: all threads of the process
 
 
-def _wait_ready(port: int, proc: subprocess.Popen, path: str = "/readyz", timeout: float = 40) -> None:
+def wait_ready(port: int, proc: subprocess.Popen, path: str = "/readyz", timeout: float = 40,
+               output: Callable[[], str] | None = None) -> None:
+    """Poll ``http://127.0.0.1:{port}{path}`` until it answers 200.
+
+    :param output: the end of the server's output, for the error when it exits or is not ready in time (default:
+        what it wrote to ``proc.stdout``, a pipe)
+    :raises RuntimeError: when the server exits first or ``timeout`` passes
+    """
     import urllib.request
 
+    tail = output or (lambda: proc.stdout.read().decode()[-2000:])
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -228,9 +236,9 @@ def _wait_ready(port: int, proc: subprocess.Popen, path: str = "/readyz", timeou
         except OSError:
             pass
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}: {proc.stdout.read().decode()[-2000:]}")
+            raise RuntimeError(f"server exited with {proc.returncode}: {tail()}")
         if time.monotonic() > deadline:
-            raise RuntimeError("server did not become ready")
+            raise RuntimeError(f"server not ready within {timeout:.0f} s" + (f": {output()}" if output else ""))
         time.sleep(0.2)
 
 
@@ -245,7 +253,7 @@ def start_gateway(port: int, data_dir: str, brokers: str, redis: bool, log_level
     proc = subprocess.Popen([sys.executable, "-m", "headwater", "gateway", "--host", "127.0.0.1", "--port", str(port),
                              "--workers", "1"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
-    _wait_ready(port, proc)
+    wait_ready(port, proc)
     return proc
 
 
@@ -253,7 +261,7 @@ def start_bare(port: int, brokers: str) -> subprocess.Popen:
     env = {**os.environ, "BENCH_BROKERS": brokers}
     proc = subprocess.Popen([sys.executable, __file__, "_serve_bare", "--port", str(port)], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    _wait_ready(port, proc, "/ready")
+    wait_ready(port, proc, "/ready")
     return proc
 
 

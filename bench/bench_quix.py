@@ -29,8 +29,6 @@ measures the Bytewax children's memory the same way.
 from __future__ import annotations
 
 import argparse
-import base64
-import datetime as dt
 import json
 import os
 import statistics
@@ -264,9 +262,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     say = (lambda *a: None) if args.json else print
 
     from bench.bench_flow import (_accounts_table, _count_topic, _create_topics, _delete_topics, _drop_table,
-                                  _produce, make_records)
-    from geoip.build import build_city_database
-    from headwater.settings import quarter_of
+                                  _produce, child_env, make_records)
 
     suffix = uuid.uuid4().hex[:8]
     raw_topic = f"bench.quix.raw.{suffix}"
@@ -282,13 +278,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     try:
         with tempfile.TemporaryDirectory(prefix="bench-quix-") as tmp:
             work = Path(tmp)
-            geo_db = build_city_database(REPO / "tests" / "data" / "geoip_test.csv", work / "city.mmdb")
-            salt = base64.b64encode(b"bench-salt-0123456789abcdef-0123").decode()
-            env = {k: v for k, v in os.environ.items() if not k.startswith(("HEADWATER_", "VIRTUAL_ENV"))}
-            env.update({"HEADWATER_KAFKA_BROKERS": args.brokers, "HEADWATER_POSTGRES_URL": args.postgres_url,
-                        "HEADWATER_PII_SALTS": f"{quarter_of(dt.datetime.now(dt.timezone.utc).date())}:{salt}",
-                        "HEADWATER_GEOIP_DB": str(geo_db), "HEADWATER_DATA_DIR": str(work / "data"),
-                        "HEADWATER_LOG_LEVEL": "WARNING", "PYTHONPATH": str(REPO)})
+            env = child_env(args, work, drop=("HEADWATER_", "VIRTUAL_ENV"))  # the child runs in .venv-quix
             timeout_s = max(120.0, args.events / 500)
             for run in range(1, args.runs + 1):
                 topics = {"raw": raw_topic, **{k: f"bench.quix.{k}.{suffix}.{run}" for k in ("bare", "full", "invalid")}}

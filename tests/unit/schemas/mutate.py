@@ -1,4 +1,5 @@
-"""Structural mutations of example events, shared by the hypothesis tests of the registry and the compiler."""
+"""Structural mutations of example events, and fastjsonschema's verdict on them, shared by the hypothesis tests of
+the registry and the compiler."""
 from __future__ import annotations
 
 import copy
@@ -38,3 +39,14 @@ def mutate(event: Any, mutations: list[tuple[str, int, Any, str]]) -> Any:
         elif isinstance(target[last], list):
             target[last].append(value)
     return event
+
+
+def fastjsonschema_accepts(registry: Any, event: Any) -> bool:
+    """Whether fastjsonschema, the registry's reference validator, accepts ``event``: the envelope, then the payload
+    schema of its name (anything that raises on the way, such as a missing or unknown name, is a no)."""
+    try:
+        registry._envelope.fast(event)
+        registry._events[event["event"]].fast(event["properties"])
+    except Exception:
+        return False
+    return True
