@@ -279,7 +279,7 @@ def bare_app_factory():
                 message = await receive()
                 if message["type"] == "lifespan.startup":
                     producer = Producer({"bootstrap.servers": os.environ["BENCH_BROKERS"], "acks": "all",
-                                         "enable.idempotence": True, "compression.type": "zstd", "linger.ms": 5,
+                                         "enable.idempotence": True, "compression.type": "lz4", "linger.ms": 5,
                                          "batch.num.messages": 10000})
                     stop_polling = threading.Event()
 

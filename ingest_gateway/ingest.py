@@ -29,6 +29,7 @@ from ingest_gateway.signing import replayed_error
 from schemas.wire import RawRecord
 
 log = logging.getLogger("headwater.gateway.ingest")
+_new_tuple = tuple.__new__
 _REPLAYED = (replayed_error().code, replayed_error().message)
 
 
@@ -241,23 +242,24 @@ def raw_messages(topic: str, events: list[dict[str, Any]], schema_version: Calla
     head = shell[: -len(b"{}}")]
     outer = orjson.loads(shell)
     dumps = orjson.dumps
-    versions: dict[str, bytes] = {}
+    make = _new_tuple  # Message(...) would run the named tuple's Python-level __new__ for each event
+    per_name: dict[str, tuple[bytes, bytes]] = {}  # event name -> (its header value, its schema version)
     messages = []
     for index, event in enumerate(events):
         get = event.get
         name = get("event", "")
-        version = versions.get(name)
-        if version is None:
-            version = versions[name] = str(schema_version(name)).encode()
+        known = per_name.get(name)
+        if known is None:
+            known = per_name[name] = (str(name).encode(), str(schema_version(name)).encode())
         subject = get("user_id") or get("anonymous_id") or get("device_id") or get("event_id") or ""
         if texts is not None:
             value = head + texts[index] + b"}"
         else:
             outer["event"] = event
             value = dumps(outer)
-        messages.append(Message(topic, str(subject).encode(), value,
-                                {"hw-event": str(name).encode(), "hw-event-id": str(get("event_id", "")).encode(),
-                                 "hw-schema-version": version}))
+        messages.append(make(Message, (topic, str(subject).encode(), value,
+                                       {"hw-event": known[0], "hw-event-id": str(get("event_id", "")).encode(),
+                                        "hw-schema-version": known[1]})))
     return messages
 
 

@@ -14,6 +14,12 @@ with the key. Together these pin the value down type for type: the text tells ``
 same text (``uuid.UUID``, ``enum.Enum``, NaN written as ``null``); datetimes, dataclasses and subclasses of the
 built-in types are refused by orjson under the passthrough options, so they are simply never cached.
 
+Before any of that, for events fresh from a JSON parser (``plain``), the value is compared with the last one
+found valid: the events of one request nearly always share their context, and ``==`` on two dicts costs a
+fraction of writing one out as the key. ``==`` alone is exact only where no leaf is a number or a boolean
+(``1 == 1.0 == True``), so only a remembered value whose leaves are all strings or nulls is compared this way;
+a str, dict, list or None compares equal to nothing but its own kind, and plain values have no subclasses.
+
 Only the decision "valid" is cached. Anything that fails goes to the registry's slow path, which explains it
 against the full, unsplit schema.
 """
@@ -32,6 +38,19 @@ _SPLITTABLE_ROOT = {"$schema", "$comment", "$id", "title", "description", "x-ver
                     "anyOf", "additionalProperties", "properties", "examples"}
 _KEY_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_SUBCLASS
 DEFAULT_CACHE_ENTRIES = 8192  # one entry per active device; a few KB each at most
+_NOTHING = object()  # equal to nothing else: the "last valid value" before there is one
+
+
+def only_text(value: Any) -> bool:
+    """Whether every leaf of the JSON value ``value`` is a string or null (so ``==`` on it is exact)."""
+    kind = type(value)
+    if kind is str or value is None:
+        return True
+    if kind is dict:
+        return all(only_text(v) for v in value.values())
+    if kind is list:
+        return all(only_text(v) for v in value)
+    return False
 
 
 def _has_ref(node: Any) -> bool:
@@ -76,6 +95,9 @@ class SharedPartCache:
         self._single = self._names[0] if len(self._names) == 1 else None
         self._max_entries = max_entries
         self._valid: dict[bytes, Any] = {}
+        # The last plain value found valid, when ``==`` on it is exact (see the module notes); our own copy,
+        # so a caller that changes its event afterwards cannot change what is remembered.
+        self._last: Any = _NOTHING
         self.hits = 0
         self.misses = 0
 
@@ -95,6 +117,9 @@ class SharedPartCache:
             if name not in event:
                 return True
             parts: Any = event[name]
+            if plain and parts == self._last:
+                self.hits += 1
+                return True
         else:
             parts = {name: event[name] for name in self._names if name in event}
             if not parts:
@@ -107,6 +132,8 @@ class SharedPartCache:
             known = self._valid.get(key)
             if known is not None and (plain or known == parts):
                 self.hits += 1
+                if plain and self._single is not None:
+                    self._last = known if only_text(known) else _NOTHING
                 return True
         self.misses += 1
         if self._single is not None:
@@ -117,13 +144,16 @@ class SharedPartCache:
                 if name in parts and validate(parts[name]) is False:
                     return False
         if key is not None:
-            self._remember(key, parts)
+            remembered = self._remember(key, parts)
+            if plain and self._single is not None:
+                self._last = remembered if remembered is not None and only_text(remembered) else _NOTHING
         return True
 
-    def _remember(self, key: bytes, parts: Any) -> None:
+    def _remember(self, key: bytes, parts: Any) -> Any:
+        """Store the validated value under its text; returns the stored copy (None when not stored)."""
         plain = orjson.loads(key)
         if plain != parts:  # e.g. a NaN written as null: the text does not stand for the value
-            return
+            return None
         valid = self._valid
         while len(valid) >= self._max_entries:
             try:
@@ -131,3 +161,4 @@ class SharedPartCache:
             except (StopIteration, RuntimeError):  # emptied or resized by another thread meanwhile
                 break
         valid[key] = plain
+        return plain

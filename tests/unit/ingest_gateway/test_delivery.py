@@ -7,7 +7,10 @@ import threading
 from confluent_kafka import KafkaError
 from confluent_kafka import Message as KafkaMessage
 
-from ingest_gateway.producer import Message, _Delivery
+from confluent_kafka import Producer
+
+from ingest_gateway.producer import Message, Publisher, _Delivery
+from ingest_gateway.spool import Spool
 
 
 def _batch(n: int) -> list[Message]:
@@ -67,3 +70,18 @@ def test_reports_from_several_threads_finish_exactly_once():
     for t in threads:
         t.join()
     assert finished == [delivery] and delivery.failed == []
+
+
+def test_producer_positional_arguments(tmp_path):
+    """``Publisher._produce`` hands confluent-kafka its arguments by position (cheaper than keywords): the topic,
+    key, value and delivery callback must land where the keyword names would have put them. Nothing listens
+    on port 1, so every message times out and is reported back, to our callback, as our own message."""
+    publisher = Publisher({"bootstrap.servers": "127.0.0.1:1", "message.timeout.ms": 300}, Spool(tmp_path, 1 << 20))
+    publisher._producer = Producer(publisher._config)
+    messages = [Message("raw", f"k{i}".encode(), f"v{i}".encode(), {"hw-event-id": f"e{i}".encode()}) for i in range(3)]
+    finished = threading.Event()
+    delivery = _Delivery(messages, lambda _d: finished.set())
+    publisher._produce(messages, delivery)
+    assert publisher._producer.flush(10) == 0
+    assert finished.is_set()
+    assert sorted(delivery.failed) == sorted(messages) and delivery.errors

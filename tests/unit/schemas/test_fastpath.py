@@ -8,6 +8,7 @@ import uuid
 from typing import Any
 
 from schemas import SchemaRegistry
+from schemas import fastpath
 from schemas.fastpath import SharedPartCache, split_envelope
 
 from .conftest import make_event
@@ -92,3 +93,43 @@ def test_envelopes_with_constraints_from_outside_a_property_are_not_split() -> N
               "dependencies": {"context": ["user_id"]}}
     assert split_envelope(schema) is None
     assert split_envelope({"type": "object", "properties": {"context": {"$ref": "#/definitions/c"}}}) is None
+
+
+def test_plain_events_reuse_the_last_valid_context_without_writing_it_out() -> None:
+    fresh = SchemaRegistry.load()
+    for _ in range(5):
+        assert fresh.validate_json(_page()) == []
+    assert (fresh._shared.misses, fresh._shared.hits) == (1, 4)
+    assert fresh._shared._last == _page()["context"] and fresh._shared._last is not _page()["context"]
+
+
+def test_the_last_context_is_a_copy_so_later_changes_to_the_event_are_seen(registry: SchemaRegistry) -> None:
+    fresh = SchemaRegistry.load()
+    event = _page()
+    assert fresh.validate_json(event) == []
+    event["context"]["locale"] = "not a locale!"
+    assert [i.path for i in fresh.validate_json(event)] == ["context.locale"]
+    event["context"]["locale"] = True
+    assert fresh.validate_json(event) == registry.validate(event) != []
+
+
+def test_only_all_text_values_are_compared_with_equality() -> None:
+    checked: list[Any] = []
+
+    def validator(value: Any) -> bool:
+        checked.append(value)
+        return all(type(v) is int and not isinstance(v, bool) for v in value.values())
+
+    cache = SharedPartCache({"context": validator})
+    assert cache.check({"context": {"n": 1}}, plain=True)
+    assert cache._last is fastpath._NOTHING  # 1 == 1.0 == True: equality would not be exact
+    assert cache.check({"context": {"n": True}}, plain=True) is False  # a different text: validated, refused
+    assert cache.check({"context": {"n": 1.0}}, plain=True) is False
+    assert len(checked) == 3
+    assert cache.check({"context": {"n": 1}}, plain=True) and len(checked) == 3  # remembered by its text
+
+
+def test_only_text_sees_every_leaf() -> None:
+    assert fastpath.only_text({"a": "x", "b": [None, "y"], "c": {"d": "z"}})
+    for value in ({"a": 1}, {"a": ["x", 2.0]}, {"a": {"b": False}}, [True], 0):
+        assert not fastpath.only_text(value), value
