@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import fastjsonschema
 
-from schemas.formats import FORMAT_CHECKS
+from schemas.formats import FORMAT_CHECKS, PATTERN_CHECKS
 
 try:  # the regex parser is private to the standard library: without it, patterns keep plain ``search``
     from re._constants import AT, AT_BEGINNING, AT_END_STRING  # type: ignore[import-not-found]
@@ -231,8 +231,12 @@ def _string(out: _Writer, schema: dict[str, Any], var: str, depth: int) -> None:
         out.line(depth + 1, "return False")
     if "pattern" in schema:
         pattern = schema["pattern"]
-        search = out.constant("re", pattern, lambda: _pattern_test(pattern))
-        out.line(depth, f"if {search}({var}) is None:")
+        if pattern in PATTERN_CHECKS:  # a pattern some format check answers exactly, e.g. the event id's
+            check = out.constant("pat", pattern, lambda: PATTERN_CHECKS[pattern])
+            out.line(depth, f"if not {check}({var}):")
+        else:
+            search = out.constant("re", pattern, lambda: _pattern_test(pattern))
+            out.line(depth, f"if {search}({var}) is None:")
         out.line(depth + 1, "return False")
     if "format" in schema:
         name = schema["format"]

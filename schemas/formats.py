@@ -127,6 +127,27 @@ def is_ip(value: str) -> bool:
     return ":" in value and is_ipv6(value)
 
 
+#: The regex versions of the checks that also exist in C: the reference the C ones are tested against.
+REFERENCE_CHECKS: dict[str, Callable[[str], bool]] = {
+    "date-time": is_date_time, "uri": is_uri, "email": is_email, "uuid": is_uuid,
+}
+
+try:  # the same answers from schemas/_cformats.c, in a fraction of the time (built with the package)
+    from schemas import _cformats
+except ImportError:  # pragma: no cover - an install that could not compile it keeps the regexes
+    _cformats = None
+if _cformats is not None:
+    is_date_time = _cformats.is_date_time  # noqa: F811
+    is_uri = _cformats.is_uri  # noqa: F811
+    is_email = _cformats.is_email  # noqa: F811
+    is_uuid = _cformats.is_uuid  # noqa: F811
+
+#: Schema ``pattern`` texts that a format check answers exactly (fastjsonschema reads ``$`` as the end of the
+#: string), so the generated checks can call the check instead of running the regex.
+PATTERN_CHECKS: dict[str, Callable[[str], bool]] = {
+    "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$": is_uuid,
+}
+
 #: Format name -> check. The single source of truth for both validators and for the linter.
 FORMAT_CHECKS: dict[str, Callable[[str], bool]] = {
     "date-time": is_date_time,
