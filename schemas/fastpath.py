@@ -94,7 +94,7 @@ class SharedPartCache:
         self._names = tuple(validators)
         self._single = self._names[0] if len(self._names) == 1 else None
         self._max_entries = max_entries
-        self._valid: dict[bytes, Any] = {}
+        self._valid: dict[bytes, tuple[Any, Any]] = {}  # text -> _remember's entry
         # The last plain value found valid, when ``==`` on it is exact (see the module notes); our own copy,
         # so a caller that changes its event afterwards cannot change what is remembered.
         self._last: Any = _NOTHING
@@ -130,10 +130,10 @@ class SharedPartCache:
             key = None
         if key is not None:
             known = self._valid.get(key)
-            if known is not None and (plain or known == parts):
+            if known is not None and (plain or known[0] == parts):
                 self.hits += 1
                 if plain and self._single is not None:
-                    self._last = known if only_text(known) else _NOTHING
+                    self._last = known[1]
                 return True
         self.misses += 1
         if self._single is not None:
@@ -145,12 +145,13 @@ class SharedPartCache:
                     return False
         if key is not None:
             remembered = self._remember(key, parts)
-            if plain and self._single is not None:
-                self._last = remembered if remembered is not None and only_text(remembered) else _NOTHING
+            if plain and self._single is not None and remembered is not None:
+                self._last = remembered[1]
         return True
 
-    def _remember(self, key: bytes, parts: Any) -> Any:
-        """Store the validated value under its text; returns the stored copy (None when not stored)."""
+    def _remember(self, key: bytes, parts: Any) -> tuple[Any, Any] | None:
+        """Store the validated value under its text: ``(our copy, the copy again when == on it is exact, else a
+        value equal to nothing)``, returned too (None when not stored)."""
         plain = orjson.loads(key)
         if plain != parts:  # e.g. a NaN written as null: the text does not stand for the value
             return None
@@ -160,5 +161,5 @@ class SharedPartCache:
                 valid.pop(next(iter(valid)), None)
             except (StopIteration, RuntimeError):  # emptied or resized by another thread meanwhile
                 break
-        valid[key] = plain
-        return plain
+        entry = valid[key] = (plain, plain if only_text(plain) else _NOTHING)
+        return entry
