@@ -242,7 +242,8 @@ def wait_ready(port: int, proc: subprocess.Popen, path: str = "/readyz", timeout
         time.sleep(0.2)
 
 
-def start_gateway(port: int, data_dir: str, brokers: str, redis: bool, log_level: str) -> subprocess.Popen:
+def gateway_env(data_dir: str, brokers: str, redis: bool, log_level: str) -> dict[str, str]:
+    """The environment a benchmarked gateway runs with: this one without HEADWATER_*, then the bench's settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEADWATER_")}
     env.update({"HEADWATER_KAFKA_BROKERS": brokers, "HEADWATER_DATA_DIR": data_dir, "HEADWATER_LOG_LEVEL": log_level,
                 "HEADWATER_HMAC_KEYS": f"{KID}:{base64.b64encode(MASTER_KEY).decode()}",
@@ -250,9 +251,17 @@ def start_gateway(port: int, data_dir: str, brokers: str, redis: bool, log_level
                 **GATEWAY_TOPICS})
     if redis:
         env["HEADWATER_REDIS_URL"] = "redis://127.0.0.1:6379/0"
-    proc = subprocess.Popen([sys.executable, "-m", "headwater", "gateway", "--host", "127.0.0.1", "--port", str(port),
-                             "--workers", "1"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    return env
+
+
+def gateway_command(port: int) -> list[str]:
+    """``headwater gateway`` as an operator starts it, one worker, on loopback."""
+    return [sys.executable, "-m", "headwater", "gateway", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+
+
+def start_gateway(port: int, data_dir: str, brokers: str, redis: bool, log_level: str) -> subprocess.Popen:
+    proc = subprocess.Popen(gateway_command(port), cwd=REPO, env=gateway_env(data_dir, brokers, redis, log_level),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     wait_ready(port, proc)
     return proc
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import os
 import shutil
@@ -69,17 +68,12 @@ def count(tree: Path, requests: list[bytes], brokers: str, linger_ms: int) -> tu
     """Total instructions of one gateway process that served the warm-up and then ``requests``."""
     with tempfile.TemporaryDirectory(prefix="hw-bench-ir-") as work:
         out = Path(work) / "callgrind.out"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HEADWATER_")}
-        env.update({"HEADWATER_KAFKA_BROKERS": brokers, "HEADWATER_DATA_DIR": work, "HEADWATER_LOG_LEVEL": "WARNING",
-                    "HEADWATER_HMAC_KEYS": f"{bg.KID}:{base64.b64encode(bg.MASTER_KEY).decode()}",
-                    "HEADWATER_GATEWAY_ID": "gw-bench", "HEADWATER_REDIS_URL": "redis://127.0.0.1:6379/0",
-                    "HEADWATER_KAFKA_OPTIONS": f"linger.ms={linger_ms}", "PYTHONPATH": str(tree),
-                    **bg.GATEWAY_TOPICS})
+        env = bg.gateway_env(work, brokers, redis=True, log_level="WARNING")
+        env.update({"HEADWATER_KAFKA_OPTIONS": f"linger.ms={linger_ms}", "PYTHONPATH": str(tree)})
         port = bg.free_port()
         log = open(Path(work) / "gateway.log", "wb")
-        proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
-                                 "-m", "headwater", "gateway", "--host", "127.0.0.1", "--port", str(port),
-                                 "--workers", "1"], cwd=tree, env=env, stdout=log,
+        proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+                                 *bg.gateway_command(port)], cwd=tree, env=env, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         try:
             bg.wait_ready(port, proc, timeout=300,

@@ -51,6 +51,14 @@ two_digits(const text_t *t, Py_ssize_t i)
     return (int)(a - '0') * 10 + (int)(b - '0');
 }
 
+/* Two ASCII digits at i, as a number, when it lies within [low, high]; else -1. */
+static int
+two_digits_within(const text_t *t, Py_ssize_t i, int low, int high)
+{
+    int value = two_digits(t, i);
+    return value >= low && value <= high ? value : -1;
+}
+
 static int
 days_in_month(int year, int month)
 {
@@ -68,7 +76,7 @@ static int
 date_time(const text_t *t)
 {
     Py_ssize_t n = t->len, i;
-    int year, month, day, hour, minute, second;
+    int year, month, day;
     if (n < 20) {
         return 0;
     }
@@ -76,27 +84,13 @@ date_time(const text_t *t)
         return 0;
     }
     year = year * 100 + (int)i;
-    month = two_digits(t, 5);
-    if (month < 1 || month > 12 || AT(t, 7) != '-') {
+    month = two_digits_within(t, 5, 1, 12);
+    day = two_digits_within(t, 8, 1, 31);
+    if (month < 0 || AT(t, 7) != '-' || day < 0 || (AT(t, 10) != 'T' && AT(t, 10) != 't')) {
         return 0;
     }
-    day = two_digits(t, 8);
-    if (day < 1 || day > 31) {
-        return 0;
-    }
-    if (AT(t, 10) != 'T' && AT(t, 10) != 't') {
-        return 0;
-    }
-    hour = two_digits(t, 11);
-    if (hour < 0 || hour > 23 || AT(t, 13) != ':') {
-        return 0;
-    }
-    minute = two_digits(t, 14);
-    if (minute < 0 || minute > 59 || AT(t, 16) != ':') {
-        return 0;
-    }
-    second = two_digits(t, 17);
-    if (second < 0 || second > 59) {
+    if (two_digits_within(t, 11, 0, 23) < 0 || AT(t, 13) != ':' || two_digits_within(t, 14, 0, 59) < 0
+            || AT(t, 16) != ':' || two_digits_within(t, 17, 0, 59) < 0) {
         return 0;
     }
     i = 19;
@@ -119,9 +113,8 @@ date_time(const text_t *t)
         }
     }
     else if (c == '+' || c == '-') {
-        int oh, om;
-        if (i + 6 != n || (oh = two_digits(t, i + 1)) < 0 || oh > 23 || AT(t, i + 3) != ':'
-                || (om = two_digits(t, i + 4)) < 0 || om > 59) {
+        if (i + 6 != n || two_digits_within(t, i + 1, 0, 23) < 0 || AT(t, i + 3) != ':'
+                || two_digits_within(t, i + 4, 0, 59) < 0) {
             return 0;
         }
     }
