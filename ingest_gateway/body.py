@@ -13,12 +13,15 @@ from typing import Any, AsyncIterable
 import orjson
 
 from schemas.formats import is_date_time
+from schemas.spans import item_members
 
 try:  # zlib-ng inflates the same streams in about half the instructions of the system zlib
     from zlib_ng import zlib_ng as zlib
 except ImportError:  # pragma: no cover - a platform without its wheel
     import zlib  # type: ignore[no-redef]
 
+_BATCH = (b"batch",)
+_CONTEXT = (b"context",)
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
 _DEFLATE_WBITS = zlib.MAX_WBITS
 
@@ -40,12 +43,19 @@ class BodyError(Exception):
 
 @dataclass(frozen=True)
 class Batch:
-    """A parsed collect request: the events are still unvalidated JSON values."""
+    """A parsed collect request: the events are still unvalidated JSON values.
+
+    From :func:`split_batch`, also each event's own JSON text as the client wrote it (``texts``) and its
+    ``context``'s text (``contexts``, ``None`` for an event without one); such an event's decoded ``context`` is
+    then ``None``: it was not decoded.
+    """
 
     events: list[Any]
     sent_at: str | None
     consent: dict[str, Any] | None
     size: int
+    texts: list[bytes] | None = None
+    contexts: list[bytes | None] | None = None
 
     @property
     def analytics_consent(self) -> bool:
@@ -142,6 +152,11 @@ def parse_batch(data: bytes, max_events: int) -> Batch:
         or 413 ``too_many_events``
     """
     doc = load_json_object(data, "body must be a JSON object with a 'batch' array")
+    return _checked(doc, max_events, len(data))
+
+
+def _checked(doc: dict[str, Any], max_events: int, size: int, texts: list[bytes] | None = None,
+             contexts: list[bytes | None] | None = None) -> Batch:
     events = doc.get("batch")
     if not isinstance(events, list):
         raise BodyError(400, "invalid_body", "'batch' must be an array of events")
@@ -156,15 +171,60 @@ def parse_batch(data: bytes, max_events: int) -> Batch:
     if consent is not None and not (isinstance(consent, dict)
                                     and all(isinstance(v, bool) for k, v in consent.items() if k != "policy_version")):
         raise BodyError(400, "invalid_body", "'consent' must be an object of booleans, e.g. {\"analytics\": false}")
-    return Batch(events=events, sent_at=sent_at, consent=consent, size=len(data))
+    return Batch(events=events, sent_at=sent_at, consent=consent, size=size, texts=texts, contexts=contexts)
+
+
+def split_batch(data: bytes, max_events: int) -> Batch:
+    """:func:`parse_batch`, with each event's text and its ``context``'s text found without decoding them, and the
+    contexts left undecoded (``null`` in their place). Same answers and errors as :func:`parse_batch`.
+
+    Every event of a device carries the same context, byte for byte: the caller checks it once per distinct text
+    (``SchemaRegistry.check_shared_text``), and publishes each event as the client wrote it, so nothing is decoded
+    twice or encoded again. A body whose layout the span finder cannot vouch for (see ``schemas/_spans.c``), or
+    that does not decode, is parsed as a whole by :func:`parse_batch`, which then also gives the error.
+    """
+    if item_members is None:
+        return parse_batch(data, max_events)
+    try:
+        items = item_members(data, _BATCH, _CONTEXT)
+        if not items or len(items) > max_events:
+            return parse_batch(data, max_events)  # for its error
+        texts: list[bytes] = []
+        contexts: list[bytes | None] = []
+        pieces: list[bytes] = []
+        done = 0
+        for start, end, context_start, context_end in items:
+            texts.append(data[start:end])
+            if context_start < 0:
+                contexts.append(None)
+                continue
+            contexts.append(data[context_start:context_end])
+            pieces.append(data[done:context_start])
+            pieces.append(b"null")
+            done = context_end
+        pieces.append(data[done:])
+        doc = orjson.loads(b"".join(pieces))
+    except (ValueError, TypeError):  # orjson.JSONDecodeError is a ValueError
+        return parse_batch(data, max_events)
+    if type(doc) is not dict:
+        return parse_batch(data, max_events)
+    events = doc.get("batch")
+    if type(events) is not list or len(events) != len(items) or any(
+            text is not None and (type(event) is not dict or event.get("context", 0) is not None)
+            for event, text in zip(events, contexts)):
+        return parse_batch(data, max_events)  # the nulls did not land where the contexts were: never seen
+    return _checked(doc, max_events, len(data), texts, contexts)
 
 
 def encoded_events(batch: Batch, limit: int) -> list[bytes] | None:
     """Each event's JSON text when the body is large enough for one event to pass ``limit`` bytes, else None.
 
     A body no larger than the limit cannot hold such an event, which spares the usual small request any
-    work. The texts are what the raw records embed, so the gateway serializes an event once, not twice.
+    work. The texts are what the raw records embed, so the gateway serializes an event once, not twice. A batch
+    from :func:`split_batch` has them already: the events as the client wrote them.
     """
+    if batch.texts is not None:
+        return batch.texts
     if batch.size <= limit:
         return None
     dumps = orjson.dumps

@@ -19,7 +19,8 @@ from starlette.requests import ClientDisconnect, HTTPConnection, Request
 from starlette.responses import PlainTextResponse, Response
 
 from ingest_gateway.answer import Answer
-from ingest_gateway.body import BodyError, encoded_events, inflate, oversized_events, parse_batch, read_body
+from ingest_gateway.body import (BodyError, encoded_events, inflate, oversized_events, parse_batch, read_body,
+                                 split_batch)
 from ingest_gateway.dedup import IdempotencyCache, IdempotencyError, StoredResponse
 from ingest_gateway.gateway import Gateway
 from ingest_gateway.ingest import RequestRefused, guarded, ingest, now_rfc3339
@@ -27,6 +28,7 @@ from ingest_gateway.signing import HEADER_DEVICE, SignatureError
 
 log = logging.getLogger("headwater.gateway.collect")
 ROUTE = "/analytics/collect"
+CONTEXT = "context"
 
 __all__ = ["RequestRefused", "collect", "error_response", "serve_collect", "is_collect"]
 
@@ -157,9 +159,19 @@ async def _forget(gw: Gateway, cache_key: str) -> None:
 
 async def _process(gw: Gateway, request: HTTPConnection, request_id: str, data: bytes,
                    device: str | None, signature: str | None) -> Answer:
-    settings = gw.settings
+    settings, registry = gw.settings, gw.registry
+    contexts_ok = None
     try:
-        batch = parse_batch(data, settings.max_batch_events)
+        if CONTEXT in registry.shared_parts:
+            batch = split_batch(data, settings.max_batch_events)
+            if batch.contexts is not None:
+                check = registry.check_shared_text
+                contexts_ok = [check(CONTEXT, text) if text is not None else None for text in batch.contexts]
+                if any(ok is None and text is not None for ok, text in zip(contexts_ok, batch.contexts)):
+                    # A context that is not JSON: the body is malformed, and parse_batch says how.
+                    batch, contexts_ok = parse_batch(data, settings.max_batch_events), None
+        else:
+            batch = parse_batch(data, settings.max_batch_events)
     except BodyError as exc:
         raise RequestRefused(exc.status, exc.code, exc.message) from None
 
@@ -169,7 +181,7 @@ async def _process(gw: Gateway, request: HTTPConnection, request_id: str, data: 
                for index, size in oversized_events(batch, limit, encoded).items()}
     outcome = await ingest(gw, request, request_id, batch.events, source="native", received_at=now_rfc3339(),
                            sent_at=batch.sent_at, consent=batch.analytics_consent, refused=refused,
-                           device=device, signature=signature, encoded=encoded)
+                           device=device, signature=signature, encoded=encoded, contexts_ok=contexts_ok)
     answer: dict[str, Any] = {
         "accepted": outcome.accepted, "duplicates": outcome.duplicates, "no_consent": outcome.no_consent,
         "rejected": [{"index": i, "event_id": event_id, "errors": reasons}

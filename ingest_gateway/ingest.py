@@ -114,7 +114,7 @@ async def ingest(gw: Gateway, request: HTTPConnection, request_id: str, events: 
                  received_at: str, sent_at: str | None, consent: bool = True,
                  refused: dict[int, list[str]] | None = None, payloads: list[Any] | None = None,
                  device: str | None = None, signature: str | None = None,
-                 encoded: list[bytes] | None = None) -> Outcome:
+                 encoded: list[bytes] | None = None, contexts_ok: list[bool | None] | None = None) -> Outcome:
     """Validate, de-duplicate, publish and audit one batch.
 
     :param events: the events in our envelope (still unvalidated JSON values)
@@ -126,6 +126,9 @@ async def ingest(gw: Gateway, request: HTTPConnection, request_id: str, events: 
     :param device, signature: the signing device of a signed request; its events must carry that device
     :param encoded: each event's JSON text when the caller already has it (see
         :func:`ingest_gateway.body.encoded_events`); the raw records embed it instead of serializing again
+    :param contexts_ok: from a batch of :func:`ingest_gateway.body.split_batch` (``encoded`` then holds its texts):
+        per event, ``None`` when its ``context`` was decoded with it (or it has none), else the verdict on its
+        context, whose decoded value is ``None``. Such an event is decoded whole again only to explain or audit it.
     :raises RequestRefused: 401 for a replayed signature, 503 when neither Kafka nor the spool can take the
         batch or a signed request cannot be checked for replay
     """
@@ -141,22 +144,31 @@ async def ingest(gw: Gateway, request: HTTPConnection, request_id: str, events: 
     else:
         optouts = gw.optouts
         validate = registry.validate_json  # orjson-decoded (or mapped) events: plain JSON values
+        check_rest = registry.check_rest
         check_device = device is not None and signature is not None
         for index, event in enumerate(events):
+            context_ok = contexts_ok[index] if contexts_ok is not None else None
             if refused and index in refused:
-                rejected.append((index, event, refused[index]))
+                rejected.append((index, _whole(event, context_ok, encoded, index), refused[index]))
                 continue
             if type(event) is dict and (event_denies_consent(event) or optouts.blocks(event)):
                 outcome.no_consent += 1
                 continue
-            issues = validate(event)
+            if context_ok is None:
+                issues = validate(event)
+            elif context_ok and check_rest(event):
+                issues = None
+            else:  # not shown valid without its context: decoded whole, and checked (and explained) as such
+                event = _whole(event, context_ok, encoded, index)
+                issues = validate(event)
             if issues:
                 name = event.get("event") if type(event) is dict else None
                 failed_schemas.append(name if name in registry else "unknown")
                 rejected.append((index, event, _format_issues(issues)))
                 continue
             if check_device and event.get("device_id", device) != device:
-                rejected.append((index, event, ["device_id: does not match the signing device (X-Headwater-Device)"]))
+                rejected.append((index, _whole(event, context_ok, encoded, index),
+                                 ["device_id: does not match the signing device (X-Headwater-Device)"]))
                 continue
             valid.append(event)
             if valid_texts is not None:
@@ -200,6 +212,13 @@ async def ingest(gw: Gateway, request: HTTPConnection, request_id: str, events: 
                                   "rejected": len(rejected), "duplicates": outcome.duplicates,
                                   "no_consent": outcome.no_consent, "device": device, "dark": dark})
     return outcome
+
+
+def _whole(event: Any, context_ok: bool | None, texts: list[bytes] | None, index: int) -> Any:
+    """The event with its context, decoding its text again where the context was left out (``context_ok`` set)."""
+    if context_ok is None or texts is None:
+        return event
+    return orjson.loads(texts[index])
 
 
 async def _admit(gw: Gateway, event_ids: list[str], signature: str | None) -> list[bool]:

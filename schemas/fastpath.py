@@ -149,6 +149,20 @@ class SharedPartCache:
                 self._last = remembered[1]
         return True
 
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The shared parts this cache checks."""
+        return self._names
+
+    def check_part(self, name: str, value: Any) -> bool:
+        """Whether ``value`` passes the validator of part ``name``, without the cache (a validator that raises
+        counts as "not valid"). :raises KeyError: for a part this cache does not check."""
+        validate = dict(self._validators)[name]
+        try:
+            return validate(value) is not False
+        except Exception:
+            return False
+
     def _remember(self, key: bytes, parts: Any) -> tuple[Any, Any] | None:
         """Store the validated value under its text: ``(our copy, the copy again when == on it is exact, else a
         value equal to nothing)``, returned too (None when not stored)."""

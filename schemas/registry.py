@@ -26,12 +26,17 @@ from typing import Any, Callable
 
 import fastjsonschema
 import jsonschema
+import orjson
 
 from schemas.compiler import Unsupported, compile_check
 from schemas.explain import ValidationIssue, build_explainer, explain, finish, issue_path, show
 from schemas.fastpath import SharedPartCache, split_envelope
 from schemas.formats import fastjsonschema_formats
 from schemas.walk import pii_marks
+
+#: Verdicts check_shared_text remembers per shared part before it starts afresh (one per active device).
+_SHARED_TEXTS = 8192
+_UNKNOWN = object()
 
 ENVELOPE = "envelope"
 SCHEMA_SUFFIX = ".schema.json"
@@ -285,6 +290,8 @@ class SchemaRegistry:
             rest, parts = split
             rest_fast = _fast_validator(rest)
         self._shared = SharedPartCache({name: _part_check(sub) for name, sub in parts.items()})
+        # check_shared_text's verdicts, per part: JSON text -> valid
+        self._shared_texts: dict[str, dict[bytes, bool | None]] = {name: {} for name in parts}
         self._checks = {name: _event_check(rest, rest_fast, name, compiled) for name, compiled in events.items()}
 
     @classmethod
@@ -399,6 +406,45 @@ class SchemaRegistry:
         except Exception:
             pass
         return self._slow(event)
+
+    @property
+    def shared_parts(self) -> tuple[str, ...]:
+        """The envelope fields checked apart from the rest of an event (see :mod:`schemas.fastpath`); empty when
+        the envelope cannot be split."""
+        return self._shared.names
+
+    def check_rest(self, event: Any) -> bool:
+        """Whether ``event`` is surely valid except for its :attr:`shared_parts`, which this does not look at (they
+        may even be ``None``): their values must pass :meth:`check_shared_part` for the event to be valid.
+
+        ``False`` means "not shown valid": :meth:`validate_json` on the whole event tells what is wrong, if
+        anything. For callers that remember their shared parts' verdicts themselves, by the parts' JSON text.
+        """
+        try:
+            return self._checks[event["event"]](event) is True
+        except Exception:
+            return False
+
+    def check_shared_part(self, name: str, value: Any) -> bool:
+        """Whether ``value`` is valid as the shared part ``name`` of any event (never remembered here)."""
+        return self._shared.check_part(name, value)
+
+    def check_shared_text(self, name: str, text: bytes) -> bool | None:
+        """:meth:`check_shared_part` for the JSON text of the value, its verdict remembered by the text itself
+        (equal texts decode to equal values); ``None`` when the text is not JSON at all. For callers that find the
+        part's bytes in a larger text without decoding them (:mod:`schemas.spans`)."""
+        texts = self._shared_texts[name]
+        verdict = texts.get(text, _UNKNOWN)
+        if verdict is not _UNKNOWN:
+            return verdict
+        try:
+            verdict = self._shared.check_part(name, orjson.loads(text))
+        except orjson.JSONDecodeError:
+            verdict = None
+        if len(texts) >= _SHARED_TEXTS:
+            texts.clear()
+        texts[text] = verdict
+        return verdict
 
     def _slow(self, event: Any) -> list[ValidationIssue]:
         try:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import time
 import uuid
 from collections import Counter
@@ -15,8 +16,9 @@ from starlette.testclient import TestClient
 from ingest_gateway.app import create_app
 from ingest_gateway.options import GatewayOptions
 from schemas.wire import decode_raw
-from tests.integration.gateway_support import (ADMIN_TOKEN, gateway_settings, make_event, metric, post_batch,
-                                               read_topic, records_for)
+from ingest_gateway.signing import sign_request
+from tests.integration.gateway_support import (ADMIN_TOKEN, KID, MASTER_KEY, gateway_settings, make_event, metric,
+                                               post_batch, read_topic, records_for)
 
 pytestmark = pytest.mark.integration
 RAW, REJECTED = "analytics.events.raw", "analytics.events.rejected"
@@ -73,11 +75,28 @@ def test_accepted_events_land_on_the_raw_topic(gateway, stack_settings):
     assert metric(text, 'analytics_ingest_request_seconds_count{route="/analytics/collect"}') == 1
 
 
+def test_events_are_published_as_the_client_wrote_them(gateway, stack_settings):
+    client = gateway()
+    events = [make_event(context={"locale": "sv-SE", "app": {"name": "Å \"x\" {", "version": "1"}}) for _ in range(3)]
+    body = json.dumps({"sent_at": "2026-12-03T12:00:01Z", "batch": events}, indent=2, ensure_ascii=False).encode()
+    signed = sign_request(body, "it-device", KID, MASTER_KEY)
+    r = client.post("/analytics/collect", content=body, headers={"Content-Type": "application/json", **signed})
+    assert r.status_code == 200 and r.json()["accepted"] == 3, r.text
+    found = records_for(read_topic(stack_settings.kafka_brokers, RAW), {e["event_id"] for e in events})
+    by_id = {r.headers["hw-event-id"].decode(): r for r in found}
+    assert len(by_id) == 3
+    for event in events:
+        value = by_id[event["event_id"]].value
+        assert decode_raw(value).event == event
+        assert json.dumps(event, indent=2, ensure_ascii=False).replace("\n", "\n    ").encode() in value
+
+
 def test_rejected_events_are_audited_without_their_payload(gateway, stack_settings):
     client = gateway()
     planted = f"PLANTED-{uuid.uuid4().hex}"
-    bad = make_event(properties={"url": "https://example.com/x", "title": planted})  # no "path"
-    good = make_event()
+    # No "path". With a context, which the gateway does not decode for valid events: the audit hash still covers it.
+    bad = make_event(properties={"url": "https://example.com/x", "title": planted}, context={"locale": "en-US"})
+    good = make_event(context={"locale": "en-US"})
     r = post_batch(client, [good, bad])
     assert r.status_code == 200
     doc = r.json()

@@ -1,12 +1,14 @@
 import asyncio
 import gzip
+import json
+import random
 import tracemalloc
 import zlib
 
 import orjson
 import pytest
 
-from ingest_gateway.body import BodyError, inflate, oversized_events, parse_batch, read_body
+from ingest_gateway.body import BodyError, inflate, oversized_events, parse_batch, read_body, split_batch
 
 LIMIT = 4 * 1024 * 1024
 
@@ -97,6 +99,8 @@ def test_batch_counts():
 def test_malformed_bodies_have_machine_readable_codes(body, code):
     err = refused(lambda: parse_batch(body, 50))
     assert (err.status, err.code) == (400, code)
+    again = refused(lambda: split_batch(body, 50))  # the same answer when the contexts are split off
+    assert (again.status, again.code, again.message) == (err.status, err.code, err.message)
 
 
 def test_consent_flag_on_the_batch():
@@ -113,3 +117,63 @@ def test_oversized_events_are_found_by_index():
     assert list(found) == [1] and found[1] > 5000
     # A body below the limit cannot hold an oversized event: nothing is re-encoded.
     assert oversized_events(parse_batch(orjson.dumps({"batch": [small]}), 50), 1024) == {}
+
+
+def _restored(batch):
+    """split_batch's events with their contexts decoded back in."""
+    events = []
+    for event, context in zip(batch.events, batch.contexts):
+        if context is not None:
+            event = {**event, "context": orjson.loads(context)}
+        events.append(event)
+    return events
+
+
+def test_split_batch_finds_each_event_and_context_as_written():
+    rng = random.Random(4)
+    contexts = [{"app": {"name": "Acme", "version": "1.2"}, "locale": "de-DE"}, {"ip": "81.2.69.142"}, {},
+                {"user_agent": 'Mozilla/5.0 "quoted" \\ {[('}, {"nested": {"context": {"x": 1}}}]
+    for _ in range(300):
+        batch = []
+        for _ in range(rng.randrange(1, 51)):
+            event = {"event": "page_viewed", "event_id": str(rng.random()), "properties": {"p": rng.random()}}
+            if rng.random() < 0.8:
+                event["context"] = rng.choice(contexts)
+            batch.append(event if rng.random() < 0.95 else rng.choice(["a string", 7, None, [event]]))
+        doc = {"sent_at": "2026-12-04T12:00:00Z", "batch": batch, "consent": {"analytics": True}}
+        body = (orjson.dumps(doc) if rng.random() < 0.5
+                else json.dumps(doc, indent=rng.choice([None, 2]), ensure_ascii=rng.random() < 0.5).encode())
+        whole, split = parse_batch(body, 50), split_batch(body, 50)
+        assert split.texts is not None and split.contexts is not None
+        assert _restored(split) == whole.events == batch
+        assert [orjson.loads(text) for text in split.texts] == batch
+        assert (split.sent_at, split.consent, split.size) == (whole.sent_at, whole.consent, whole.size)
+        for event, context in zip(split.events, split.contexts):
+            assert (context is not None) == (type(event) is dict and "context" in event)
+            if context is not None:
+                assert event["context"] is None  # not decoded
+
+
+@pytest.mark.parametrize("body", [
+    b'{"batch": [{"event": "a", "cont\\u0065xt": {"x": 1}}]}',           # a key only a parser reads as context
+    b'{"batch": [{"event": "a", "context": {"x": 1}, "context": {"x": 2}}]}',  # a parser keeps the last one
+    b'{"batch": [{"event": "a"}], "batch": [{"event": "b", "context": {}}]}',
+])
+def test_split_batch_leaves_what_it_cannot_vouch_for_to_the_parser(body):
+    whole, split = parse_batch(body, 50), split_batch(body, 50)
+    assert split.texts is None and split.contexts is None
+    assert split.events == whole.events
+
+
+def test_split_batch_counts_events_like_parse_batch():
+    body = orjson.dumps({"batch": [{"context": {}}] * 51})
+    assert refused(lambda: split_batch(body, 50)).code == "too_many_events"
+    assert refused(lambda: split_batch(b'{"batch": []}', 50)).code == "empty_batch"
+
+
+def test_oversized_events_of_a_split_batch_are_measured_as_written():
+    large = {"event": "b", "properties": {"blob": "z" * 5000}, "context": {"a": "b"}}
+    body = json.dumps({"batch": [{"event": "a"}, large]}, indent=4).encode()
+    batch = split_batch(body, 50)
+    assert oversized_events(batch, 1024, batch.texts) == {1: len(batch.texts[1])}
+    assert len(batch.texts[1]) > len(orjson.dumps(large))  # the client's indentation counts: it is what is sent on

@@ -2,6 +2,8 @@
 everything else (other methods on the path, other routes) still goes through Starlette."""
 from __future__ import annotations
 
+import json
+
 import orjson
 import pytest
 
@@ -53,3 +55,33 @@ def test_an_unexpected_error_is_a_plain_500_and_reaches_the_server(offline_clien
     r = post(quiet, orjson.dumps({"batch": [make_event()]}))
     assert r.status_code == 500 and r.text == "Internal Server Error"
     assert 'route="/analytics/collect",status="500"' in client.get("/metrics").text
+
+
+CONTEXT = {"locale": "de-DE", "app": {"name": "Acme", "version": "1.2.0"}, "user_agent": 'Agent "7" \\ {x}'}
+
+
+def test_contexts_are_checked_once_per_text_and_bad_ones_explained(offline_client):
+    client = offline_client()
+    registry = client.app.state.gateway.registry
+    bad_context = {**CONTEXT, "locale": 5}
+    events = [make_event(context=CONTEXT), make_event(context=bad_context), make_event(context=CONTEXT),
+              make_event(context=CONTEXT, properties={"url": "https://example.com/"}), make_event()]
+    r = post(client, json.dumps({"batch": events}, indent=2).encode())  # the client's layout does not matter
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    assert doc["accepted"] == 3
+    errors = {item["index"]: item["errors"] for item in doc["rejected"]}
+    assert set(errors) == {1, 3}
+    assert any(e.startswith("context.locale:") for e in errors[1])  # explained against the whole event
+    assert any(e.startswith("properties.path:") for e in errors[3])
+    texts = registry._shared_texts["context"]
+    assert sum(1 for verdict in texts.values() if verdict is True) == 1
+    assert sum(1 for verdict in texts.values() if verdict is False) == 1
+
+
+def test_a_context_that_is_not_json_makes_the_body_malformed(offline_client):
+    client = offline_client()
+    good = orjson.dumps(make_event(context=CONTEXT))
+    broken = good.replace(b'"de-DE"', b"tru")  # the rest of the body is fine JSON
+    r = post(client, b'{"batch": [' + broken + b"]}")
+    assert r.status_code == 400 and error_code(r) == "malformed_json"
