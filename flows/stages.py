@@ -30,6 +30,7 @@ from enrichers.geo import GeoEnricher
 from enrichers.metrics import CacheCounter
 from enrichers.pii import MissingSaltError, PiiHasher, mask_ip
 from enrichers.plan_tier import UNKNOWN, PlanTierLookup
+from flows.contexts import ContextMemo, context_text
 from flows.metrics import STAGES
 from flows.sealing import LetterSeal
 from schemas.wire import WireError, decode_raw_object
@@ -145,6 +146,8 @@ class Stages:
         self._times: dict[str, dt.datetime | None] = {}
         self._masks: dict[str, str | None] = {}
         self._versions = {name: registry.version(name) for name in registry.events}
+        #: Contexts remembered by their bytes (None where the C span finder is not built).
+        self.contexts = ContextMemo(registry, pii) if ContextMemo.usable(registry) else None
 
     @classmethod
     def from_settings(cls, settings: Any, registry: Any, **plan_tier_options: Any) -> Stages:
@@ -164,14 +167,19 @@ class Stages:
         """One consumed message (``.value``, ``.key``, ``.topic``, ``.partition``, ``.offset``) → its output row with
         ``plan_tier`` still empty (for :meth:`finish`), or a dead letter. The caller counts records in
         (``analytics_flow_events{stage="source",result="in"}``) per batch: a labelled counter costs microseconds."""
-        try:
-            doc = decode_raw_object(msg.value)
-        except WireError as exc:
-            return self._dead(msg, "decode", [_reason("", str(exc))], None)
-        event = doc["event"]
-        issues = self.registry.validate_json(event)  # fresh from orjson.loads: plain JSON values
-        if issues:
-            return self._dead(msg, "validate", [_reason(i.path, i.message) for i in issues], event)
+        known = self.contexts.split(msg.value) if self.contexts is not None else None
+        if known is not None:  # a valid context the memo knows: only the rest of the record was decoded and checked
+            doc, event, context_entry = known
+        else:
+            context_entry = None
+            try:
+                doc = decode_raw_object(msg.value)
+            except WireError as exc:
+                return self._dead(msg, "decode", [_reason("", str(exc))], None)
+            event = doc["event"]
+            issues = self.registry.validate_json(event)  # fresh from orjson.loads: plain JSON values
+            if issues:
+                return self._dead(msg, "validate", [_reason(i.path, i.message) for i in issues], event)
 
         # Clock: event_time() spelled out with memoised parsing (a gateway batch shares its receive and send times).
         times = self._times
@@ -210,15 +218,26 @@ class Stages:
         event_date = corrected.date()
 
         try:
-            # In place: the event is this call's own, fresh from the wire, and only its protected form is used on.
-            protected, ips, salt_id, salt_id_prev = self.pii.protect_parts(event, event_date, doc.get("client_ip"),
-                                                                           in_place=True)
+            if context_entry is None:
+                # In place: the event is this call's own, fresh from the wire, and only its protected form is used on.
+                protected, ips, salt_id, salt_id_prev = self.pii.protect_parts(event, event_date, doc.get("client_ip"),
+                                                                               in_place=True)
+                context = context_json = None
+            else:
+                # The rest of the event (its context is None), then the remembered context: its addresses come
+                # first, the gateway's last, as protect_parts orders them for the whole event.
+                protected, ips, salt_id, salt_id_prev = self.pii.protect_parts(event, event_date, in_place=True)
+                context, context_ips, context_json = self.contexts.protected(context_entry, event_date)
+                ips.extend(context_ips)
+                client_ip = doc.get("client_ip")
+                if client_ip:
+                    ips.append(client_ip)
         except MissingSaltError as exc:
             return self._dead(msg, "pii", [_reason("timestamp", str(exc))], event)
         # From here on nothing of the event is raw: what goes wrong is a bug, and the letter carries no original.
         try:
             return self._row(protected, ips, doc, msg, event_date, corrected, received, timestamp, salt_id,
-                             salt_id_prev)
+                             salt_id_prev, context, context_json)
         except Exception as exc:
             STAGES.inc("enrich", "failed")
             log.error("could not build the row at %s/%s/%s: %s", msg.topic, msg.partition, msg.offset,
@@ -231,7 +250,8 @@ class Stages:
 
     def _row(self, event: dict[str, Any], ips: list[str], doc: dict[str, Any], msg: Any, event_date: dt.date,
              corrected: dt.datetime, received: dt.datetime, timestamp: dt.datetime, salt_id: str,
-             salt_id_prev: str | None) -> dict[str, Any]:
+             salt_id_prev: str | None, context: dict[str, Any] | None = None,
+             context_json: str | None = None) -> dict[str, Any]:
         geo = self.geo.values(ips)
         masked = None
         if ips and self.keep_truncated_ip:
@@ -239,9 +259,8 @@ class Stages:
             masked = self._masks.get(ip) if type(ip) is str else None
             if masked is None:
                 masked = self._mask(ip)
-        context = event.get("context") or {}
-        if "ip" in context:  # already removed by the PII step; checked here so the column is IP-free regardless
-            context = {k: v for k, v in context.items() if k != "ip"}
+        if context_json is None:
+            context, context_json = context_text(event.get("context"))
         agent = self._user_agent(context, doc.get("user_agent"))
         consent = event.get("consent")
         name = event["event"]
@@ -254,7 +273,7 @@ class Stages:
             "time_zone": geo[5], "ip_truncated": masked, "plan_tier": None,
             "browser": agent.browser, "os": agent.os, "device_class": agent.device_class,
             "properties": orjson.dumps(event.get("properties") or {}).decode(),
-            "context": orjson.dumps(context).decode(),
+            "context": context_json,
             "consent": orjson.dumps(consent).decode() if consent is not None else None,
             "source": doc["source"], "schema_version": self._versions.get(name),
             "clock_skew_seconds": (corrected - timestamp).total_seconds(),

@@ -17,7 +17,7 @@ from flows.dataflow import build_flow, make_processor
 from flows.outputs import KafkaRowSink, encode_row, row_record
 from flows.stages import ROW_COLUMNS, DeadLetter, Stages, decode_dead_letter
 from schemas.wire import WireError, decode_raw, decode_raw_object
-from tests.flowkit import identify_event, make_settings, message, page_event, utc, wire
+from tests.flowkit import IPHONE_UA, identify_event, make_settings, message, page_event, utc, wire
 
 
 @pytest.fixture()
@@ -245,3 +245,58 @@ def test_settle_heap_freezes_start_up_objects_and_raises_the_young_threshold():
             "assert gc.get_threshold()[0] == YOUNG_THRESHOLD == 20000, gc.get_threshold(); print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def _outcome(item):
+    if isinstance(item, DeadLetter):
+        return ("letter", item.stage, item.reasons, item.original, item.event_id, item.event, item.key)
+    return ("row", item)
+
+
+def test_remembered_contexts_give_exactly_the_rows_and_letters_of_the_ordinary_path(settings, registry):
+    remembering = Stages.from_settings(settings, registry)
+    ordinary = Stages.from_settings(settings, registry)
+    ordinary.contexts = None
+    assert remembering.contexts is not None and "identify" in remembering.contexts.names
+    shared = {"locale": "de-DE", "ip": "81.2.69.142", "user_agent": IPHONE_UA, "app": {"name": 'A "b" {', "version": "1"}}
+    identify = identify_event()
+    bad_context = page_event()
+    bad_context["context"] = {"locale": 5}
+    no_context = page_event()
+    del no_context["context"]
+    records = [wire({**page_event(), "context": shared}) for _ in range(3)]
+    records += [
+        wire(identify), wire(identify_event(user_id=None)),  # PII in the properties, an IP in the context
+        wire(bad_context), wire(bad_context),  # an invalid context: explained, both times
+        wire(no_context), wire({**page_event(), "context": "not an object"}),
+        wire({**page_event(), "context": shared}, client_ip=None),
+        wire({**page_event(), "context": shared, "properties": {}}),  # valid context, invalid rest
+        wire({**page_event(), "context": shared, "timestamp": "2031-01-01T00:00:00Z"},
+             received_at="2031-01-01T00:00:01Z"),  # no salt for 2031: a pii letter
+        wire({**page_event(), "event": "no_such_event", "context": shared}),
+        wire({**identify_event(), "context": {**shared, "ip": ["81.2.69.142", "2a02:ec0::1"]}}),  # ip: one string
+    ]
+    escaped = wire({**page_event(), "context": shared}).replace(b'"context":', b'"cont\\u0065xt":')
+    twice = wire(page_event()).replace(b'"context":', b'"context":{"locale":"xx"},"context":')
+    broken = wire(page_event()).replace(b'"en-US"', b"tru")  # not JSON inside the context only
+    records += [escaped, twice, broken]
+    for stages in (remembering, ordinary):
+        stages.outcomes = [_outcome(stages.admit(message(value, offset=i))) for i, value in enumerate(records)]
+    assert remembering.outcomes == ordinary.outcomes
+    kinds = [o[0] if o[0] == "row" else o[1] for o in ordinary.outcomes]
+    assert kinds == ["row"] * 3 + ["row", "row", "validate", "validate", "row", "validate", "row", "validate",
+                                   "pii", "validate", "validate", "row", "row", "decode"]
+    assert remembering.contexts.hits >= 4 and remembering.contexts.misses >= 3
+    # The remembered context of a row is PII-free and the same text as the ordinary path writes.
+    row = next(o[1] for o in remembering.outcomes if o[0] == "row" and o[1]["event"] == "identify")
+    assert "81.2.69.142" not in row["context"] and row["country"] is not None
+
+
+def test_a_remembered_context_is_never_changed_by_its_events(settings, registry):
+    stages = Stages.from_settings(settings, registry)
+    context = {"locale": "de-DE", "ip": "81.2.69.142", "device": {"type": "phone", "os": "iOS"}}
+    first = stages.admit(message(wire({**identify_event(), "context": context}), offset=0))
+    entry = next(iter(e for e in stages.contexts._entries.values() if e is not None))
+    assert entry.value == context  # the IP is taken out of copies only
+    second = stages.admit(message(wire({**identify_event(), "context": context}), offset=1))
+    assert first["context"] == second["context"] and first["country"] == second["country"] == "GB"
