@@ -145,6 +145,25 @@ typedef struct {
     Py_ssize_t start, end;
 } target_t;
 
+enum { MORE, CLOSED, NEITHER };
+
+/* After a member or an item ending at `value_end`: MORE with *i at the next one (past a comma), CLOSED with *i past
+ * the container's `close`, or NEITHER. */
+static int
+separator(const unsigned char *s, Py_ssize_t *i, Py_ssize_t value_end, Py_ssize_t end, unsigned char close)
+{
+    Py_ssize_t at = skip_space(s, value_end, end);
+    if (at < end && s[at] == ',') {
+        *i = skip_space(s, at + 1, end);
+        return MORE;
+    }
+    if (at < end && s[at] == close) {
+        *i = at + 1;
+        return CLOSED;
+    }
+    return NEITHER;
+}
+
 static Py_ssize_t scan_object(const unsigned char *s, Py_ssize_t i, Py_ssize_t end, PyObject *path, Py_ssize_t level,
                               target_t *t);
 
@@ -215,16 +234,15 @@ scan_items(const unsigned char *s, Py_ssize_t i, Py_ssize_t end, target_t *t)
         if (append_item(t->items, i, value_end, inner.start, inner.end) < 0) {
             return FAIL;
         }
-        i = skip_space(s, value_end, end);
-        if (i < end && s[i] == ',') {
-            i = skip_space(s, i + 1, end);
+        switch (separator(s, &i, value_end, end, ']')) {
+        case MORE:
             continue;
+        case CLOSED:
+            return i;
+        default:
+            refusal = "expected ',' or ']' after an array item";
+            return FAIL;
         }
-        if (i < end && s[i] == ']') {
-            return i + 1;
-        }
-        refusal = "expected ',' or ']' after an array item";
-        return FAIL;
     }
 }
 
@@ -300,16 +318,15 @@ scan_object(const unsigned char *s, Py_ssize_t i, Py_ssize_t end, PyObject *path
             refusal = "malformed member value";
             return FAIL;
         }
-        i = skip_space(s, value_end, end);
-        if (i < end && s[i] == ',') {
-            i = skip_space(s, i + 1, end);
+        switch (separator(s, &i, value_end, end, '}')) {
+        case MORE:
             continue;
+        case CLOSED:
+            return i;
+        default:
+            refusal = "expected ',' or '}' after a member";
+            return FAIL;
         }
-        if (i < end && s[i] == '}') {
-            return i + 1;
-        }
-        refusal = "expected ',' or '}' after a member";
-        return FAIL;
     }
 }
 
