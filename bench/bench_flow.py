@@ -7,7 +7,8 @@ Usage::
 What it does:
 
 1. writes N realistic raw records (:class:`schemas.wire.RawRecord`: a mix of event names, a few thousand users
-   with one device context each, IPs the test geo database knows and some it does not, PII in the marked fields,
+   with one device context each, sent in gateway requests of 1 to 50 events that share their receive time, send
+   time, address and user agent; IPs the test geo database knows and some it does not, PII in the marked fields,
    about 1 % invalid) to a fresh 4-partition topic;
 2. creates a PostgreSQL accounts table for half of the users and builds the geo database from
    ``tests/data/geoip_test.csv``, so that plan tier and geo do real work;
@@ -107,39 +108,56 @@ _MIX = (("page_viewed", 40), ("screen_viewed", 25), ("message_sent", 20), ("iden
         ("subscription_started", 5))
 
 
-def make_records(count: int, seed: int = 7, invalid_share: float = 0.01) -> list[tuple[bytes, bytes]]:
-    """``count`` raw-topic records as ``(key, value)``, deterministic for a seed.
+#: Most events per gateway request in the records: a device's SDK flushes whatever it has queued, 1 to 50 events.
+MAX_REQUEST_EVENTS = 50
+
+
+def make_records(count: int, seed: int = 7, invalid_share: float = 0.01,
+                 max_request_events: int = MAX_REQUEST_EVENTS) -> list[tuple[bytes, bytes]]:
+    """``count`` raw-topic records as ``(key, value)``, deterministic for a seed, shaped as the gateway writes them.
+
+    The gateway writes one record per event, but the events come in requests: a device sends a batch of 1 to 50
+    events at once, and every record of one request carries the same ``received_at``, ``sent_at``, client address
+    and user agent, and (the same device) the same user and context. The records come in such runs here: a device
+    picked at random sends a batch of a random size, its events a few seconds apart before ``sent_at``.
 
     :param count: how many
     :param seed: random seed
     :param invalid_share: share of events that fail validation (they become dead letters)
+    :param max_request_events: most events per request (1: every event from a request of its own, nothing shared
+        between neighbouring records, the worst case for the flow's memos)
     """
     rng = random.Random(seed)
     names = [n for n, weight in _MIX for _ in range(weight)]
     contexts = {u: _context(u) for u in range(USERS)}
     now = dt.datetime.now(dt.timezone.utc)
-    out = []
-    for i in range(count):
+    out: list[tuple[bytes, bytes]] = []
+    while len(out) < count:
         user = rng.randrange(USERS)
-        name = rng.choice(names)
-        when = now - dt.timedelta(seconds=rng.uniform(1, 600))
-        event: dict[str, Any] = {
-            "event": name, "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-            "timestamp": when.isoformat().replace("+00:00", "Z"), "properties": _properties(name, rng, user),
-            "context": contexts[user],
-        }
-        if user % 4 == 3:
-            event["anonymous_id"] = f"anon_{user}"
-        else:
-            event["user_id"] = f"user-{user}"
-        if rng.random() < invalid_share:
-            event["properties"].pop(next(iter(event["properties"])))  # a required property goes missing
-            event["properties"]["unexpected"] = True
-        record = RawRecord(event, received_at=(when + dt.timedelta(seconds=1)).isoformat().replace("+00:00", "Z"),
-                           gateway_id="gw-bench", sent_at=when.isoformat().replace("+00:00", "Z"),
-                           client_ip=rng.choice(KNOWN_IPS), user_agent=UAS[i % len(UAS)])
-        out.append((record.key, record.encode()))
+        sent = now - dt.timedelta(seconds=rng.uniform(1, 600))
+        shared = {"received_at": _rfc3339(sent + dt.timedelta(seconds=rng.uniform(0.05, 2))),
+                  "sent_at": _rfc3339(sent), "client_ip": rng.choice(KNOWN_IPS), "user_agent": UAS[user % len(UAS)]}
+        for _ in range(min(rng.randint(1, max_request_events), count - len(out))):
+            name = rng.choice(names)
+            event: dict[str, Any] = {
+                "event": name, "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+                "timestamp": _rfc3339(sent - dt.timedelta(seconds=rng.uniform(0, 30))),
+                "properties": _properties(name, rng, user), "context": contexts[user],
+            }
+            if user % 4 == 3:
+                event["anonymous_id"] = f"anon_{user}"
+            else:
+                event["user_id"] = f"user-{user}"
+            if rng.random() < invalid_share:
+                event["properties"].pop(next(iter(event["properties"])))  # a required property goes missing
+                event["properties"]["unexpected"] = True
+            record = RawRecord(event, gateway_id="gw-bench", **shared)
+            out.append((record.key, record.encode()))
     return out
+
+
+def _rfc3339(when: dt.datetime) -> str:
+    return when.isoformat().replace("+00:00", "Z")
 
 
 # --- the flows, built inside the bytewax.run child ----------------------------------------------------------------
@@ -361,11 +379,14 @@ def parse_pair_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None)
     parser.add_argument("--brokers", default=os.environ.get("HEADWATER_KAFKA_BROKERS", "127.0.0.1:29092"))
     parser.add_argument("--postgres-url", default=os.environ.get("HEADWATER_POSTGRES_URL",
                                                                  "postgresql://postgres@127.0.0.1:5432/test"))
+    parser.add_argument("--request-events", type=int, default=MAX_REQUEST_EVENTS,
+                        help="most events per gateway request in the records (default 50; 1: no two records share "
+                             "a request)")
     parser.add_argument("--no-verify", action="store_true", help="skip counting the first full run's output")
     parser.add_argument("--json", action="store_true", help="print only the result as JSON")
     args = parser.parse_args(argv)
-    if args.events < 1 or args.runs < 1:
-        parser.error("--events and --runs must be positive")
+    if args.events < 1 or args.runs < 1 or args.request_events < 1:
+        parser.error("--events, --runs and --request-events must be positive")
     return args
 
 
@@ -382,7 +403,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     suffix = uuid.uuid4().hex[:8]
     raw_topic = f"bench.flow.raw.{suffix}"
-    records = make_records(args.events)
+    records = make_records(args.events, max_request_events=args.request_events)
     created = [raw_topic]
     _create_topics(args.brokers, [raw_topic])
     counts = _produce(args.brokers, raw_topic, records)

@@ -268,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     raw_topic = f"bench.quix.raw.{suffix}"
     created = [raw_topic]
     _create_topics(args.brokers, [raw_topic])
-    counts = _produce(args.brokers, raw_topic, make_records(args.events))
+    counts = _produce(args.brokers, raw_topic, make_records(args.events, max_request_events=args.request_events))
     say(f"quix: wrote {args.events:,} records to {raw_topic} (per partition {counts})")
     bare: list[float] = []
     full: list[float] = []

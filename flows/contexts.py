@@ -7,7 +7,8 @@ flow finds the context's bytes in the raw record without decoding them (:func:`s
 for bytes it has seen before it decodes only the rest of the record, with ``null`` in the context's place.
 
 What is remembered for one context text: whether it is valid, and per set of PII salts its PII-free form, the raw
-addresses taken out of it (for geo) and its JSON text. Equal bytes decode to equal values, so a remembered answer
+addresses taken out of it (for geo) and its JSON text; and per client address and user agent the gateway saw, what
+the flow derives from them and the context (geo, the truncated address, browser / OS / device class). Equal bytes decode to equal values, so a remembered answer
 is exactly the answer for the event at hand; and only contexts that decode and validate are remembered at all.
 
 This holds only where the context's PII treatment does not depend on the rest of the event: for event names whose
@@ -41,12 +42,19 @@ def context_text(context: Any) -> tuple[dict[str, Any], str]:
     return context, orjson.dumps(context).decode()
 
 
+#: Distinct (client address, gateway user agent) pairs remembered per context before that entry starts afresh.
+DERIVED_PER_ENTRY = 32
+
+
 class _Entry:
-    __slots__ = ("value", "protected")
+    __slots__ = ("value", "protected", "derived")
 
     def __init__(self, value: dict[str, Any]):
         self.value = value  # as decoded; never changed (every use works on copies)
         self.protected: dict[tuple[str, str | None], tuple[dict[str, Any], tuple[str, ...], str]] = {}
+        #: What the flow derives from this context together with the gateway's client address and user agent
+        #: (geo columns, truncated address, user agent columns), by that pair: see ``Stages``.
+        self.derived: dict[tuple[Any, Any], tuple[Any, ...]] = {}
 
 
 class ContextMemo:

@@ -30,7 +30,7 @@ from enrichers.geo import GeoEnricher
 from enrichers.metrics import CacheCounter
 from enrichers.pii import MissingSaltError, PiiHasher, mask_ip
 from enrichers.plan_tier import UNKNOWN, PlanTierLookup
-from flows.contexts import ContextMemo, context_text
+from flows.contexts import DERIVED_PER_ENTRY, ContextMemo, context_text
 from flows.metrics import STAGES
 from flows.sealing import LetterSeal
 from schemas.wire import WireError, decode_raw_object
@@ -217,6 +217,7 @@ class Stages:
                 corrected = received
         event_date = corrected.date()
 
+        derived = pair = None
         try:
             if context_entry is None:
                 # In place: the event is this call's own, fresh from the wire, and only its protected form is used on.
@@ -228,16 +229,28 @@ class Stages:
                 # first, the gateway's last, as protect_parts orders them for the whole event.
                 protected, ips, salt_id, salt_id_prev = self.pii.protect_parts(event, event_date, in_place=True)
                 context, context_ips, context_json = self.contexts.protected(context_entry, event_date)
-                ips.extend(context_ips)
                 client_ip = doc.get("client_ip")
+                if not ips:  # nothing but the context and the gateway name addresses: geo and agent are remembered
+                    pair = (client_ip, doc.get("user_agent"))
+                    try:
+                        derived = context_entry.derived.get(pair)
+                    except TypeError:  # an unhashable value where a string belongs
+                        pair = None
+                ips.extend(context_ips)
                 if client_ip:
                     ips.append(client_ip)
         except MissingSaltError as exc:
             return self._dead(msg, "pii", [_reason("timestamp", str(exc))], event)
         # From here on nothing of the event is raw: what goes wrong is a bug, and the letter carries no original.
         try:
+            if pair is not None and derived is None:
+                derived = self._derive(ips, context, doc)
+                remembered = context_entry.derived
+                if len(remembered) >= DERIVED_PER_ENTRY:
+                    remembered.clear()
+                remembered[pair] = derived
             return self._row(protected, ips, doc, msg, event_date, corrected, received, timestamp, salt_id,
-                             salt_id_prev, context, context_json)
+                             salt_id_prev, context, context_json, derived)
         except Exception as exc:
             STAGES.inc("enrich", "failed")
             log.error("could not build the row at %s/%s/%s: %s", msg.topic, msg.partition, msg.offset,
@@ -248,10 +261,9 @@ class Stages:
                               event_id=event_id if isinstance(event_id, str) else None,
                               event=name if isinstance(name, str) else None)
 
-    def _row(self, event: dict[str, Any], ips: list[str], doc: dict[str, Any], msg: Any, event_date: dt.date,
-             corrected: dt.datetime, received: dt.datetime, timestamp: dt.datetime, salt_id: str,
-             salt_id_prev: str | None, context: dict[str, Any] | None = None,
-             context_json: str | None = None) -> dict[str, Any]:
+    def _derive(self, ips: list[str], context: dict[str, Any], doc: dict[str, Any]) -> tuple[Any, Any, Any]:
+        """``(geo columns, truncated address, user agent info)`` of an event: from its raw addresses (best first), its
+        PII-free context and the record's user agent."""
         geo = self.geo.values(ips)
         masked = None
         if ips and self.keep_truncated_ip:
@@ -259,9 +271,15 @@ class Stages:
             masked = self._masks.get(ip) if type(ip) is str else None
             if masked is None:
                 masked = self._mask(ip)
+        return geo, masked, self._user_agent(context, doc.get("user_agent"))
+
+    def _row(self, event: dict[str, Any], ips: list[str], doc: dict[str, Any], msg: Any, event_date: dt.date,
+             corrected: dt.datetime, received: dt.datetime, timestamp: dt.datetime, salt_id: str,
+             salt_id_prev: str | None, context: dict[str, Any] | None = None,
+             context_json: str | None = None, derived: tuple[Any, Any, Any] | None = None) -> dict[str, Any]:
         if context_json is None:
             context, context_json = context_text(event.get("context"))
-        agent = self._user_agent(context, doc.get("user_agent"))
+        geo, masked, agent = derived if derived is not None else self._derive(ips, context, doc)
         consent = event.get("consent")
         name = event["event"]
         # In ROW_COLUMNS order; finish() fills in plan_tier.
