@@ -68,9 +68,9 @@ def page_event(user_id: str = "user-2", when: str = "2026-12-03T11:59:58Z") -> d
 
 
 def wire(event: dict, received_at: str = "2026-12-03T12:00:00.500Z", sent_at: str | None = "2026-12-03T11:59:59Z",
-         client_ip: str | None = PLANTED["client_ip"]) -> bytes:
+         client_ip: str | None = PLANTED["client_ip"], user_agent: str | None = "headwater-python/0.1") -> bytes:
     return RawRecord(event, received_at=received_at, gateway_id="gw-test", sent_at=sent_at,
-                     client_ip=client_ip, user_agent="headwater-python/0.1").encode()
+                     client_ip=client_ip, user_agent=user_agent).encode()
 
 
 def message(value: bytes, offset: int, partition: int = 0, topic: str = "raw") -> KafkaSourceMessage:

@@ -300,3 +300,26 @@ def test_a_remembered_context_is_never_changed_by_its_events(settings, registry)
     assert entry.value == context  # the IP is taken out of copies only
     second = stages.admit(message(wire({**identify_event(), "context": context}), offset=1))
     assert first["context"] == second["context"] and first["country"] == second["country"] == "GB"
+
+
+def test_geo_and_user_agent_are_remembered_per_context_address_and_agent(settings, registry):
+    """Derived columns come from the context together with the gateway's address and user agent: each pair its own."""
+    remembering = Stages.from_settings(settings, registry)
+    ordinary = Stages.from_settings(settings, registry)
+    ordinary.contexts = None
+    no_ip = {"locale": "de-DE", "app": {"name": "A", "version": "1"}}
+    with_ip = {**no_ip, "ip": "2a02:ec0::1"}
+    web = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36"
+    pairs = [("81.2.69.142", IPHONE_UA), ("89.160.20.115", IPHONE_UA), ("81.2.69.142", web), (None, web),
+             ("81.2.69.142", None), ("81.2.69.142", IPHONE_UA)]
+    records = [wire({**page_event(), "context": context}, client_ip=ip, user_agent=agent)
+               for context in (no_ip, with_ip) for ip, agent in pairs]
+    for stages in (remembering, ordinary):
+        stages.rows = [stages.admit(message(value, offset=i)) for i, value in enumerate(records)]
+    assert remembering.rows == ordinary.rows
+    assert all(type(row) is dict for row in ordinary.rows)
+    # without an address in the context the gateway's decides; with one, the context's
+    assert [row["country"] for row in ordinary.rows] == ["GB", "SE", "GB", None, "GB", "GB"] + ["DE"] * 6
+    assert [row["browser"] for row in ordinary.rows[:4]] == ["Mobile Safari", "Mobile Safari", "Chrome", "Chrome"]
+    assert len(remembering.contexts._entries) == 2
+    assert sorted(len(e.derived) for e in remembering.contexts._entries.values()) == [5, 5]
