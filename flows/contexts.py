@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from schemas.spans import member_span
+from schemas.spans import path_spans
 from schemas.wire import WireError, decode_raw_object
 
 CONTEXT = "context"
@@ -31,6 +31,10 @@ _PATH = (b"event", b"context")
 ENVELOPE = "envelope"
 #: Distinct context texts remembered before the memo starts afresh (one per active device, a few KB each).
 DEFAULT_ENTRIES = 10_000
+#: Distinct record shells (a record's text before its event: one per gateway request) remembered likewise.
+DEFAULT_SHELLS = 1_024
+_SEEN_ONCE = "seen once"
+_INVALID = "invalid"
 
 
 def context_text(context: Any) -> tuple[dict[str, Any], str]:
@@ -65,11 +69,13 @@ class ContextMemo:
     :param max_entries: distinct context texts remembered before starting afresh
     """
 
-    def __init__(self, registry: Any, pii: Any, max_entries: int = DEFAULT_ENTRIES):
+    def __init__(self, registry: Any, pii: Any, max_entries: int = DEFAULT_ENTRIES, max_shells: int = DEFAULT_SHELLS):
         self.registry = registry
         self.pii = pii
         self.max_entries = max_entries
+        self.max_shells = max_shells
         self._entries: dict[bytes, _Entry | None] = {}
+        self._shells: dict[bytes, dict[str, Any] | str] = {}  # or _SEEN_ONCE, _INVALID
         own = {p: m for p, m in registry.pii_fields(ENVELOPE).items() if p.startswith(CONTEXT + ".")}
         self.names = frozenset(name for name in registry.events if _context_marks_are(registry.pii_fields(name), own))
         self.hits = 0
@@ -78,21 +84,25 @@ class ContextMemo:
     @classmethod
     def usable(cls, registry: Any) -> bool:
         """Whether the memo can work here: the C span finder is built and the registry checks ``context`` apart."""
-        return member_span is not None and CONTEXT in getattr(registry, "shared_parts", ())
+        return path_spans is not None and CONTEXT in getattr(registry, "shared_parts", ())
 
     def split(self, value: Any) -> tuple[dict[str, Any], dict[str, Any], _Entry] | None:
         """A raw record whose context is known and valid: ``(record, event, entry)``, the event otherwise checked
         against its schema too, its ``context`` still ``None``. ``None`` means "take the ordinary path", which
-        then decides about the record: anything unusual, invalid, or not handled here ends up there."""
+        then decides about the record: anything unusual, invalid, or not handled here ends up there.
+
+        The record's other fields are decoded once per shell (the text before the event, which the gateway writes
+        last): records of one request share the returned ``record``, so it is the callers' to read, never to change,
+        and its ``event`` is ``None``."""
         if type(value) is not bytes:
             return None
         try:
-            span = member_span(value, _PATH)
+            spans = path_spans(value, _PATH)
         except ValueError:  # not a record with an event object, or nothing the scanner can vouch for
             return None
-        if span is None:
+        if spans is None:
             return None
-        start, end = span
+        (event_start, event_end), (start, end) = spans
         text = value[start:end]
         entries = self._entries
         entry = entries.get(text, False)
@@ -102,11 +112,25 @@ class ContextMemo:
             self.hits += 1
         if entry is None:
             return None
-        try:
-            doc = decode_raw_object(value[:start] + b"null" + value[end:])
-        except WireError:
-            return None
-        event = doc["event"]
+        doc = None
+        if event_end == len(value) - 1:  # the event is the record's last member, as the gateway writes it
+            shell = value[:event_start]
+            doc = self._shells.get(shell)
+            if type(doc) is not dict:
+                doc = self._learn_shell(shell, doc)
+        if doc is not None:
+            try:
+                event = orjson.loads(value[event_start:start] + b"null" + value[end:event_end])
+            except orjson.JSONDecodeError:
+                return None
+            if type(event) is not dict:
+                return None
+        else:
+            try:
+                doc = decode_raw_object(value[:start] + b"null" + value[end:])
+            except WireError:
+                return None
+            event = doc["event"]
         # The null must have landed where the context was (it always does in a text the scanner read right).
         if CONTEXT not in event or event[CONTEXT] is not None or event.get("event") not in self.names:
             return None
@@ -128,6 +152,28 @@ class ContextMemo:
             context, text = context_text(out.get(CONTEXT))
             known = entry.protected[salts] = (context, tuple(ips), text)
         return known
+
+    def _learn_shell(self, shell: bytes, known: Any) -> dict[str, Any] | None:
+        """The record fields of a shell seen before, checked as :func:`decode_raw_object` checks a record (``event``
+        set to ``None``); ``None`` for a shell seen for the first time (only noted: a request of one event would
+        pay for decoding it twice) and for one whose fields do not pass. ``known`` is what the memo holds for it."""
+        if known is _INVALID:
+            return None
+        if known is None:
+            doc = None
+            remembered: Any = _SEEN_ONCE
+        else:
+            try:
+                doc = decode_raw_object(shell + b"{}}")
+            except WireError:
+                doc = remembered = _INVALID
+            else:
+                doc["event"] = None
+                remembered = doc
+        if len(self._shells) >= self.max_shells:
+            self._shells.clear()
+        self._shells[shell] = remembered
+        return doc if doc is not _INVALID else None
 
     def _learn(self, text: bytes) -> _Entry | None:
         self.misses += 1

@@ -138,11 +138,14 @@ static const char *refusal; /* why the last scan failed (the GIL is held through
 
 /* What a scan looks for: the value at `path` in an object and, when `member` is set, that value being an array,
  * each of its items with the span of `member` (a path) in those that are objects. */
+#define MAX_LEVELS 8
+
 typedef struct {
     PyObject *path;
     PyObject *member;   /* NULL: only the value's span */
     PyObject *items;    /* the items' spans, when `member` is set */
     Py_ssize_t start, end;
+    Py_ssize_t outer[MAX_LEVELS][2];  /* spans of the objects the path leads through (its first MAX_LEVELS) */
 } target_t;
 
 enum { MORE, CLOSED, NEITHER };
@@ -218,7 +221,7 @@ scan_items(const unsigned char *s, Py_ssize_t i, Py_ssize_t end, target_t *t)
     }
     for (;;) {
         Py_ssize_t value_end;
-        target_t inner = {t->member, NULL, NULL, FAIL, FAIL};
+        target_t inner = {t->member, NULL, NULL, FAIL, FAIL, {{0}}};
         if (i < end && s[i] == '{') {
             value_end = scan_object(s, i, end, t->member, 0, &inner);
         }
@@ -300,6 +303,10 @@ scan_object(const unsigned char *s, Py_ssize_t i, Py_ssize_t end, PyObject *path
             if (value_end == FAIL) {
                 return FAIL;
             }
+            if (level < MAX_LEVELS) {
+                t->outer[level][0] = i;
+                t->outer[level][1] = value_end;
+            }
         }
         else if (t->member != NULL) {
             value_end = scan_items(s, i, end, t);
@@ -364,15 +371,22 @@ scan(PyObject *data, Py_ssize_t start, Py_ssize_t end, target_t *t)
     return 0;
 }
 
+/* member_span and path_spans: the target's span, and with `levels` set the spans of every object on the way. */
 static PyObject *
-member_span(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+find_span(PyObject *const *args, Py_ssize_t nargs, int levels)
 {
     if (nargs < 2 || nargs > 4) {
-        PyErr_SetString(PyExc_TypeError, "member_span(data, path, start=0, end=len(data))");
+        PyErr_SetString(PyExc_TypeError, levels ? "path_spans(data, path, start=0, end=len(data))"
+                                                : "member_span(data, path, start=0, end=len(data))");
         return NULL;
     }
     if (!PyBytes_Check(args[0]) || !valid_path(args[1])) {
         PyErr_SetString(PyExc_TypeError, "data must be bytes and path a non-empty tuple of bytes");
+        return NULL;
+    }
+    Py_ssize_t depth = PyTuple_GET_SIZE(args[1]);
+    if (levels && depth > MAX_LEVELS) {
+        PyErr_SetString(PyExc_ValueError, "path_spans: a path of at most 8 members");
         return NULL;
     }
     Py_ssize_t size = PyBytes_GET_SIZE(args[0]), start = 0, end = size;
@@ -386,14 +400,41 @@ member_span(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_IndexError, "span out of range");
         return NULL;
     }
-    target_t t = {args[1], NULL, NULL, FAIL, FAIL};
+    target_t t = {args[1], NULL, NULL, FAIL, FAIL, {{0}}};
     if (scan(args[0], start, end, &t) < 0) {
         return NULL;
     }
     if (t.start == FAIL) {
         Py_RETURN_NONE;
     }
-    return span_tuple(t.start, t.end);
+    if (!levels) {
+        return span_tuple(t.start, t.end);
+    }
+    PyObject *spans = PyTuple_New(depth);
+    if (spans == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t k = 0; k < depth; k++) {
+        PyObject *pair = k < depth - 1 ? span_tuple(t.outer[k][0], t.outer[k][1]) : span_tuple(t.start, t.end);
+        if (pair == NULL) {
+            Py_DECREF(spans);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(spans, k, pair);
+    }
+    return spans;
+}
+
+static PyObject *
+member_span(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    return find_span(args, nargs, 0);
+}
+
+static PyObject *
+path_spans(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    return find_span(args, nargs, 1);
 }
 
 static PyObject *
@@ -407,7 +448,7 @@ item_members(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "data must be bytes and the paths non-empty tuples of bytes");
         return NULL;
     }
-    target_t t = {args[1], args[2], PyList_New(0), FAIL, FAIL};
+    target_t t = {args[1], args[2], PyList_New(0), FAIL, FAIL, {{0}}};
     if (t.items == NULL) {
         return NULL;
     }
@@ -429,6 +470,10 @@ static PyMethodDef methods[] = {
      "b\"context\") is data's event.context) in the JSON object that data[start:end] holds; None when there is\n"
      "no such member. ValueError when that cannot be told for sure: not an object where the path leads through\n"
      "one, a member name written with an escape, a member of the path more than once, or text after the object."},
+    {"path_spans", (PyCFunction)(void (*)(void))path_spans, METH_FASTCALL,
+     "path_spans(data, path, start=0, end=len(data)) -> ((start, end), ...) | None\n\n"
+     "member_span, with the spans of every value along the path: one pair per member of `path` (at most 8), the\n"
+     "objects it leads through first and the target last; None when the target is not there. Same refusals."},
     {"item_members", (PyCFunction)(void (*)(void))item_members, METH_FASTCALL,
      "item_members(data, array_path, member_path) -> [(start, end, member_start, member_end), ...] | None\n\n"
      "The items of the array at `array_path` in the JSON object `data` (None when there is no such member), each\n"

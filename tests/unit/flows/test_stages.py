@@ -292,6 +292,32 @@ def test_remembered_contexts_give_exactly_the_rows_and_letters_of_the_ordinary_p
     assert "81.2.69.142" not in row["context"] and row["country"] is not None
 
 
+def test_records_sharing_a_shell_give_exactly_the_rows_and_letters_of_the_ordinary_path(settings, registry):
+    """The fields before the event are decoded once per shell: whatever a shell holds, the outcome is the same."""
+    remembering = Stages.from_settings(settings, registry)
+    ordinary = Stages.from_settings(settings, registry)
+    ordinary.contexts = None
+    shared = {"locale": "de-DE", "ip": "81.2.69.142"}
+    good = [wire({**page_event(), "context": shared}) for _ in range(3)]
+    other_request = [wire({**page_event(), "context": shared}, received_at="2026-12-03T12:00:07Z") for _ in range(2)]
+    version_2 = [v.replace(b'{"v":1,', b'{"v":2,') for v in good]  # refused by the record check, every time
+    odd_source = [v.replace(b'"source":"native"', b'"source":"carrier-pigeon"') for v in good]
+    no_receive_time = [v.replace(b'"received_at":"2026-12-03T12:00:00.500Z",', b"") for v in good]
+    bad_time = [v.replace(b"2026-12-03T12:00:00.500Z", b"yesterday") for v in good]
+    trailing_space = [v[:-1] + b" }" for v in good]  # the event not last byte for byte: the ordinary path
+    shell_after = [v.replace(b'{"v":1,', b'{').replace(b"}}", b'}},"v":1}', 1) for v in good[:1]]
+    records = good + other_request + version_2 + odd_source + no_receive_time + bad_time + trailing_space + good
+    records += shell_after
+    for stages in (remembering, ordinary):
+        stages.outcomes = [_outcome(stages.admit(message(value, offset=i))) for i, value in enumerate(records)]
+    assert remembering.outcomes == ordinary.outcomes
+    kinds = [o[0] if o[0] == "row" else o[1] for o in ordinary.outcomes]
+    assert kinds == ["row"] * 5 + ["decode"] * 9 + ["time"] * 3 + ["row"] * 6 + [kinds[-1]]
+    rows = [o[1] for o in remembering.outcomes if o[0] == "row"]
+    assert {row["received_at"] for row in rows} == {utc("2026-12-03T12:00:00.500Z"), utc("2026-12-03T12:00:07Z")}
+    assert len(remembering.contexts._shells) >= 6
+
+
 def test_a_remembered_context_is_never_changed_by_its_events(settings, registry):
     stages = Stages.from_settings(settings, registry)
     context = {"locale": "de-DE", "ip": "81.2.69.142", "device": {"type": "phone", "os": "iOS"}}

@@ -155,6 +155,32 @@ def test_member_span_agrees_with_the_reference_on_generated_documents():
     assert found > 2000  # the generator does reach the interesting cases
 
 
+def test_path_spans_are_the_member_spans_of_each_prefix_of_the_path():
+    rng = random.Random(41)
+    found = 0
+    for _ in range(2000):
+        doc = {"v": 1, "event": _value(rng, 0), "other": {"a": _value(rng, 1)}}
+        if rng.random() < 0.7 and isinstance(doc["event"], dict):
+            doc["event"]["context"] = _value(rng, 1)
+        data = _text(rng, doc).encode()
+        for path in [(b"event",), (b"event", b"context"), (b"other", b"a"), (b"event", b"context", b"x")]:
+            try:
+                got = _spans.path_spans(data, path)
+            except ValueError:
+                got = REFUSED
+            expected = answer(data, path)
+            assert (got == REFUSED) == (expected == REFUSED), (data, path)  # the same refusals
+            if got == REFUSED:
+                continue
+            if expected is None:
+                assert got is None, (data, path)
+                continue
+            # one pair per level, each what member_span gives for the path up to that level
+            assert got == tuple(answer(data, path[:k + 1]) for k in range(len(path))), (data, path)
+            found += len(path) > 1
+    assert found > 500
+
+
 def test_item_members_agrees_with_the_reference_on_generated_batches():
     rng = random.Random(7)
     checked = 0
@@ -225,6 +251,10 @@ def test_item_members_cases():
 
 
 def test_arguments_are_checked():
+    with pytest.raises(ValueError, match="at most 8"):
+        _spans.path_spans(b"{}", (b"a",) * 9)
+    with pytest.raises(TypeError, match="path_spans"):
+        _spans.path_spans(b"{}")
     with pytest.raises(TypeError):
         _spans.member_span("text", (b"a",))
     with pytest.raises(TypeError):
@@ -254,7 +284,10 @@ def test_mutilated_texts_never_crash_and_spans_stay_inside():
         data = "".join(chars).encode()
         try:
             got = _spans.member_span(data, (b"event", b"context"))
+            spans = _spans.path_spans(data, (b"event", b"context"))
         except ValueError:
             continue
+        assert (spans[-1] if spans is not None else None) == got
         if got is not None:
-            assert 0 <= got[0] < got[1] <= len(data)
+            (outer_start, outer_end), _ = spans
+            assert 0 <= outer_start <= got[0] < got[1] <= outer_end <= len(data)
