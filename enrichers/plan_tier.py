@@ -132,16 +132,24 @@ class PostgresAccountStore:
     """
 
     def __init__(self, url: str, table: str = DEFAULT_TABLE, statement_timeout_ms: int = 2000):
+        # Imported here, when the flow is built, rather than at the first look-up: psycopg takes about a tenth of a
+        # second to import, which would otherwise stall the first batch of events.
+        import psycopg
+        from psycopg import sql
+
+        self._psycopg = psycopg
         self._url = url
         self.table = table
         self._timeout_ms = statement_timeout_ms
         self._conns = _PerThreadConnection(self._open)
+        name = sql.Identifier(*table.split("."))
+        self._queries = {columns: sql.SQL("SELECT user_id, {} FROM {} WHERE user_id = ANY(%s)").format(
+            sql.SQL(", ").join(map(sql.Identifier, columns)), name)
+            for columns in (("plan_tier",), ("plan_tier", "updated_at"))}
 
     def _open(self) -> Any:
-        import psycopg
-
-        return psycopg.connect(self._url, autocommit=True, connect_timeout=3,
-                               options=f"-c statement_timeout={self._timeout_ms}")
+        return self._psycopg.connect(self._url, autocommit=True, connect_timeout=3,
+                                     options=f"-c statement_timeout={self._timeout_ms}")
 
     def fetch(self, user_ids: list[str]) -> dict[str, str | None]:
         return {row[0]: row[1] for row in self._select(user_ids, ("plan_tier",))}
@@ -151,12 +159,9 @@ class PostgresAccountStore:
         return {row[0]: (row[1], row[2]) for row in self._select(user_ids, ("plan_tier", "updated_at"))}
 
     def _select(self, user_ids: list[str], columns: tuple[str, ...]) -> list[tuple]:
-        from psycopg import sql
-
         if not user_ids:
             return []
-        query = sql.SQL("SELECT user_id, {} FROM {} WHERE user_id = ANY(%s)").format(
-            sql.SQL(", ").join(map(sql.Identifier, columns)), sql.Identifier(*self.table.split(".")))
+        query = self._queries[columns]
         try:
             with self._conns.get().cursor() as cur:
                 cur.execute(query, (user_ids,))
