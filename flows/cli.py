@@ -82,7 +82,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--raw-topic", default=None, help="input topic (default: settings)")
     p.add_argument("--invalid-topic", default=None, help="dead-letter topic (default: settings)")
     p.add_argument("--batch-size", type=int, default=None,
-                   help="most events per plan-tier batch (default: HEADWATER_FLOW_BATCH_SIZE, 500)")
+                   help="most events per plan-tier batch (default: HEADWATER_FLOW_BATCH_SIZE, 1000)")
     p.add_argument("--batch-timeout-ms", type=int, default=None,
                    help="longest wait for a batch to fill (default: HEADWATER_FLOW_BATCH_TIMEOUT_MS, 500)")
     p.add_argument("--plan-tier-table", default=None,

@@ -46,7 +46,7 @@ from flows.stages import DeadLetter, Stages
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BATCH_SIZE = 500
+DEFAULT_BATCH_SIZE = 1000
 DEFAULT_BATCH_TIMEOUT = dt.timedelta(milliseconds=500)
 
 #: librdkafka settings every consumer needs on the devstack's Tansu broker and that are harmless on Kafka.

@@ -9,7 +9,7 @@ import os
 import threading
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import orjson
 from bytewax.outputs import (DynamicSink, FixedPartitionedSink, Sink, StatefulSinkPartition,
@@ -156,20 +156,22 @@ class _SharedProducer:
 
 class _BufferedKafkaPartition(StatefulSinkPartition[Any, None]):
     def __init__(self, producer: _SharedProducer, topic: str, encode: Callable[[Any], tuple],
-                 lag_name: str | None, item_batches: bool = False):
+                 lag_name: str | None, item_batches: bool = False,
+                 encode_batch: Callable[[list], Iterable[tuple]] | None = None):
         self._shared = producer
         self._producer = producer.producer
         self._topic = topic
         self._encode = encode
+        self._encode_batch = encode_batch
         self._lag = PIPELINE_LAG.labels(sink=lag_name) if lag_name else None
         self._item_batches = item_batches
 
     def write_batch(self, values: list[Any]) -> None:
         if self._item_batches:
             values = [value for batch in values for value in batch]
-        produce, topic, encode = self._producer.produce, self._topic, self._encode
-        for value in values:
-            key, payload, headers = encode(value)
+        produce, topic = self._producer.produce, self._topic
+        records = self._encode_batch(values) if self._encode_batch is not None else map(self._encode, values)
+        for key, payload, headers in records:
             try:
                 if headers:
                     produce(topic, payload, key, headers=headers)
@@ -217,13 +219,17 @@ class KafkaRowSink(FixedPartitionedSink[Any, None]):
     :param parts: number of output partitions
     :param item_batches: each item of the stream is a list of items (the flow then hands over one list per source
         batch instead of one item per row: Bytewax routes each stream item through Python, about a microsecond)
+    :param encode_batch: items → their ``encode`` results, the same as mapping ``encode`` but for a whole batch at
+        once (it saves a Python call or two per item)
     """
 
     def __init__(self, config: dict[str, Any], topic: str, encode: Callable[[Any], tuple],
-                 lag_name: str | None = None, parts: int = DEFAULT_SINK_PARTS, item_batches: bool = False):
+                 lag_name: str | None = None, parts: int = DEFAULT_SINK_PARTS, item_batches: bool = False,
+                 encode_batch: Callable[[list], Iterable[tuple]] | None = None):
         self.config = dict(config)
         self.topic = topic
         self.encode = encode
+        self.encode_batch = encode_batch
         self.lag_name = lag_name
         self.parts = parts
         self.item_batches = item_batches
@@ -237,7 +243,8 @@ class KafkaRowSink(FixedPartitionedSink[Any, None]):
         with self._lock:  # partitions are built on worker threads; they share the process's producer
             if self._producer is None:
                 self._producer = _SharedProducer(self.config)
-        return _BufferedKafkaPartition(self._producer, self.topic, self.encode, self.lag_name, self.item_batches)
+        return _BufferedKafkaPartition(self._producer, self.topic, self.encode, self.lag_name, self.item_batches,
+                                       self.encode_batch)
 
 
 def row_record(row: dict[str, Any]) -> tuple[bytes, bytes, list]:
@@ -245,7 +252,13 @@ def row_record(row: dict[str, Any]) -> tuple[bytes, bytes, list]:
     return str(row["event_id"]).encode(), encode_row(row), []
 
 
+def row_records(rows: list[dict[str, Any]]) -> list[tuple[bytes, bytes, list]]:
+    """:func:`row_record` of each row, in one comprehension (no Python call per row)."""
+    dumps, option, none = orjson.dumps, orjson.OPT_UTC_Z, []
+    return [(str(row["event_id"]).encode(), dumps(row, option=option), none) for row in rows]
+
+
 def kafka_rows(settings: Any, topic: str, name: str | None = None) -> KafkaRowSink:
     """Rows to a Kafka topic through :class:`KafkaRowSink`, reporting pipeline lag as ``name``."""
     return KafkaRowSink(settings.kafka_config(**{"linger.ms": 5, "acks": "all"}), topic, row_record,
-                        lag_name=name or f"kafka_{topic}", item_batches=True)
+                        lag_name=name or f"kafka_{topic}", item_batches=True, encode_batch=row_records)

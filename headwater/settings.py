@@ -287,7 +287,7 @@ class Settings(BaseModel):
     ip_handling: str = Field("truncate", description="after geo: 'drop' the IP or 'truncate' it to /24 and /48")
     flow_outputs: str = Field("all", description="where rows go: lake[:URL], clickhouse, snowflake, all (the three), "
                                                  "stdout, jsonl:DIR, kafka:TOPIC; comma-separated")
-    flow_batch_size: int = Field(500, ge=1, description="most events per enrichment batch")
+    flow_batch_size: int = Field(1000, ge=1, description="most events per enrichment batch (one plan-tier query)")
     flow_batch_timeout_ms: int = Field(500, ge=1, description="longest an event waits for its batch to fill")
     plan_tier_table: str = Field("accounts", pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$",
                                  description="OLTP table with user_id, plan_tier")

@@ -14,7 +14,7 @@ from bytewax.testing import TestingSink, TestingSource, run_main
 from enrichers.context import event_time
 from enrichers.geo import GeoEnricher
 from flows.dataflow import build_flow, make_processor
-from flows.outputs import KafkaRowSink, encode_row, row_record
+from flows.outputs import KafkaRowSink, encode_row, row_record, row_records
 from flows.stages import ROW_COLUMNS, DeadLetter, Stages, decode_dead_letter
 from schemas.wire import WireError, decode_raw, decode_raw_object
 from tests.flowkit import IPHONE_UA, identify_event, make_settings, message, page_event, utc, wire
@@ -188,11 +188,13 @@ def test_a_sink_that_takes_lists_gets_one_list_per_source_batch_and_partition(se
 def test_the_kafka_row_sink_flattens_lists_of_rows(stages):
     rows = rows_of(stages, [wire(page_event("user-1")), wire(page_event("user-2"))])
     config = {"bootstrap.servers": "127.0.0.1:9", "message.timeout.ms": 1000, "log_level": 0}  # nothing listens
-    sink = KafkaRowSink(config, "t", row_record, item_batches=True)
-    part = sink.build_part("step", "0", None)
-    part.write_batch([rows[:1], rows[1:], []])
-    assert len(sink._producer.producer) == 2  # queued in librdkafka, one record per row
-    sink._producer.producer.purge()
+    assert row_records(rows) == [row_record(row) for row in rows]
+    for encode_batch in (None, row_records):
+        sink = KafkaRowSink(config, "t", row_record, item_batches=True, encode_batch=encode_batch)
+        part = sink.build_part("step", "0", None)
+        part.write_batch([rows[:1], rows[1:], []])
+        assert len(sink._producer.producer) == 2  # queued in librdkafka, one record per row
+        sink._producer.producer.purge()
 
 
 def test_processing_a_batch_leaves_no_cyclic_garbage(stages):
