@@ -209,10 +209,11 @@ def split_batch(data: bytes, max_events: int) -> Batch:
     if type(doc) is not dict:
         return parse_batch(data, max_events)
     events = doc.get("batch")
-    if type(events) is not list or len(events) != len(items) or any(
-            text is not None and (type(event) is not dict or event.get("context", 0) is not None)
-            for event, text in zip(events, contexts)):
-        return parse_batch(data, max_events)  # the nulls did not land where the contexts were: never seen
+    if type(events) is not list or len(events) != len(items):
+        return parse_batch(data, max_events)
+    for event, text in zip(events, contexts):
+        if text is not None and (type(event) is not dict or event.get("context", 0) is not None):
+            return parse_batch(data, max_events)  # the nulls did not land where the contexts were: never seen
     return _checked(doc, max_events, len(data), texts, contexts)
 
 

@@ -20,7 +20,6 @@ from starlette.responses import Response
 
 from ingest_gateway.answer import Answer
 from ingest_gateway.audit import RejectedEvent
-from ingest_gateway.consent import event_denies_consent
 from ingest_gateway.dedup import Replayed
 from ingest_gateway.gateway import Gateway
 from ingest_gateway.logs import request_id_var
@@ -143,6 +142,7 @@ async def ingest(gw: Gateway, request: HTTPConnection, request_id: str, events: 
         outcome.no_consent = len(events)
     else:
         optouts = gw.optouts
+        blocks = optouts.blocks if len(optouts) else None  # nobody has opted out: nothing to look up per event
         validate = registry.validate_json  # orjson-decoded (or mapped) events: plain JSON values
         check_rest = registry.check_rest
         check_device = device is not None and signature is not None
@@ -151,9 +151,12 @@ async def ingest(gw: Gateway, request: HTTPConnection, request_id: str, events: 
             if refused and index in refused:
                 rejected.append((index, _whole(event, context_ok, encoded, index), refused[index]))
                 continue
-            if type(event) is dict and (event_denies_consent(event) or optouts.blocks(event)):
-                outcome.no_consent += 1
-                continue
+            if type(event) is dict:
+                # event_denies_consent(event), spelled out: it runs for every event
+                own = event.get("consent")
+                if (type(own) is dict and own.get("analytics") is False) or (blocks is not None and blocks(event)):
+                    outcome.no_consent += 1
+                    continue
             if context_ok is None:
                 issues = validate(event)
             elif context_ok and check_rest(event):
