@@ -35,6 +35,9 @@ FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="headwater" \
       org.opencontainers.image.description="Headwater analytics-event pipeline: gateway, Bytewax flow, sinks" \
       org.opencontainers.image.licenses="Apache-2.0"
+# jemalloc: the gateway preloads it (setting gateway_allocator), about a tenth more events per core.
+RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends libjemalloc2 > /dev/null \
+ && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 headwater \
  && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/headwater --shell /usr/sbin/nologin headwater \
  && mkdir -p /var/lib/headwater \

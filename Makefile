@@ -21,11 +21,14 @@ DEMO_ARGS ?=
 demo: install
 	$(BIN)/headwater demo $(DEMO_ARGS)
 
-# Debian tools the tests use besides the services: promtool (alert-rule tests). Installed once per machine.
+# Debian packages the tests use besides the services: promtool (alert-rule tests) and jemalloc (the gateway's
+# allocator). Installed once per machine.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 tools:
 	@command -v promtool >/dev/null || { echo "installing Debian's prometheus package (for promtool)"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq prometheus >/dev/null; }
+	@ls /usr/lib/*-linux-gnu/libjemalloc.so.2 >/dev/null 2>&1 || { echo "installing Debian's libjemalloc2"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq libjemalloc2 >/dev/null; }
 
 # dbt has its own virtualenv: its pins would fight the pipeline's. The dbt tests run the project in dbt/ with it.
 DBT_STAMP := .venv-dbt/.installed-stamp

@@ -275,6 +275,9 @@ class Settings(BaseModel):
     gateway_delivery_timeout_ms: int = Field(5000, ge=100, description="Kafka ack wait before spooling a batch")
     gateway_optout_refresh_seconds: float = Field(5.0, gt=0, description="opt-out registry reload interval")
     gateway_trust_forwarded_for: bool = Field(False, description="take the client IP from X-Forwarded-For")
+    gateway_allocator: str = Field(
+        "jemalloc", description="memory allocator of the gateway processes: jemalloc when installed (about a tenth "
+                                "more events per core), or the C library's")
     segment_max_batch_events: int = Field(
         500, ge=1, le=2500, description="most messages per Segment /v1/batch request (SDKs send up to 100)")
     audit_hash_key: Secret | None = Field(
@@ -325,6 +328,13 @@ class Settings(BaseModel):
         parts = urlsplit(v)
         if parts.scheme != "snowflake" or not parts.hostname:
             raise ValueError("must look like snowflake://user@account/DATABASE/SCHEMA")
+        return v
+
+    @field_validator("gateway_allocator")
+    @classmethod
+    def _allocator(cls, v: str) -> str:
+        if v not in {"jemalloc", "system"}:
+            raise ValueError("must be 'jemalloc' or 'system'")
         return v
 
     @field_validator("ip_handling")

@@ -35,6 +35,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from headwater.allocator import active_allocator, restart_under
     from headwater.settings import SettingsError, load_settings
 
     import uvicorn
@@ -50,6 +51,9 @@ def run(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(exc, file=sys.stderr)
         return EXIT_USAGE
+    # Under jemalloc when installed (see headwater.allocator): this process starts again here, once.
+    restart_under(settings.gateway_allocator)
+    print(f"gateway: memory allocator {active_allocator()}", file=sys.stderr)
     try:
         tls = tls_options(getattr(args, "ssl_certfile", None) or settings.tls_cert_file,
                           getattr(args, "ssl_keyfile", None) or settings.tls_key_file)

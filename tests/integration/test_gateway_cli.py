@@ -7,13 +7,17 @@ import socket
 import ssl
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from http.client import HTTPException
+from pathlib import Path
 
 import orjson
 import pytest
 
+from headwater.allocator import STARTED, find_jemalloc
+from headwater.procs import stop_process_group
 from ingest_gateway.signing import sign_request
 from tests.integration.gateway_support import (KID, MASTER_KEY, REPO, free_port, gateway_process, make_event,
                                                read_topic, records_for)
@@ -117,3 +121,38 @@ def test_gateway_refuses_a_certificate_without_its_key(tmp_path):
                            "--ssl-certfile", cert, "--ssl-keyfile", wrong_key], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "cannot use the TLS certificate" in done.stderr
+
+
+def _serving_process_maps(env: dict[str, str]) -> tuple[str, str]:
+    """Start ``headwater gateway`` (one worker: the started process serves), wait until it answers; its memory
+    map and its output, read while it runs."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "ingest_gateway.cli", "--host", "127.0.0.1", "--port", str(port)],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not (_listening(port) and http("GET", f"http://127.0.0.1:{port}/readyz")[0] == 200):
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "gateway did not become ready"
+            time.sleep(0.3)
+        maps = Path(f"/proc/{proc.pid}/maps").read_text()  # same pid after the restart: execve keeps it
+    finally:
+        stop_process_group(proc)
+    return maps, proc.stdout.read().decode()
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_the_gateway_runs_under_jemalloc_unless_told_otherwise(devstack, tmp_path):
+    """The allocator is a production setting: the started gateway really has the library mapped (or not)."""
+    assert find_jemalloc() is not None, "libjemalloc2 is not installed (make tools installs it)"
+    env = {**{k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", STARTED, "HEADWATER_CONFIG")},
+           **devstack.env(), "HEADWATER_DATA_DIR": str(tmp_path)}
+    maps, output = _serving_process_maps(env)
+    assert "libjemalloc" in maps and "memory allocator jemalloc" in output
+    maps, output = _serving_process_maps({**env, "HEADWATER_GATEWAY_ALLOCATOR": "system"})
+    assert "libjemalloc" not in maps and "memory allocator system" in output

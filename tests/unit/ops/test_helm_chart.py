@@ -55,7 +55,8 @@ ALL_CONFIG: dict[str, Any] = {
     "gateway_rollout_percent": 5, "gateway_rollout_salt": "rollout-2027", "gateway_flags_file": None,  # chart sets it
     "gateway_flags_check_seconds": 2.5, "gateway_require_signature": True, "gateway_max_inflight_requests": 128,
     "gateway_retry_after_seconds": 3, "gateway_spool_max_bytes": 2147483648, "gateway_delivery_timeout_ms": 8000,
-    "gateway_optout_refresh_seconds": 10.0, "gateway_trust_forwarded_for": True, "segment_max_batch_events": 200,
+    "gateway_optout_refresh_seconds": 10.0, "gateway_trust_forwarded_for": True, "gateway_allocator": "system",
+    "segment_max_batch_events": 200,
     "geoip_db": "/data/geoip/dbip-city-lite.mmdb", "pii_salt_overlap_days": 21, "ip_handling": "drop",
     "flow_outputs": "lake,clickhouse", "flow_batch_size": 1000, "flow_batch_timeout_ms": 250,
     "plan_tier_table": "billing.accounts", "plan_tier_ttl_seconds": 120.5, "geoip_cache_size": 50000,
