@@ -18,6 +18,9 @@ Kafka's ``linger.ms`` is raised to 300 ms for the count: under valgrind the gate
 and with the usual 5 ms every request would become its own message set per partition, which at full speed holds
 the events of several requests; at 300 ms with four requests in flight the sets are about as full as under load.
 
+The gateway runs with the system allocator here (valgrind substitutes its own ``malloc`` in any case), so the
+count says nothing about jemalloc's gain: that is timed by ``bench_gateway``.
+
 ``--tree PATH`` counts another checkout (e.g. a ``git worktree`` of the previous commit) with this one's
 interpreter, for a before/after comparison. Needs ``valgrind`` (Debian package) and the devstack.
 """
@@ -69,7 +72,11 @@ def count(tree: Path, requests: list[bytes], brokers: str, linger_ms: int) -> tu
     with tempfile.TemporaryDirectory(prefix="hw-bench-ir-") as work:
         out = Path(work) / "callgrind.out"
         env = bg.gateway_env(work, brokers, redis=True, log_level="WARNING")
+        # The system allocator: valgrind replaces malloc anyway, and the gateway starting itself again under
+        # jemalloc would leave valgrind behind (it does not follow execve unless told to).
         env.update({"HEADWATER_KAFKA_OPTIONS": f"linger.ms={linger_ms}", "PYTHONPATH": str(tree)})
+        if "gateway_allocator" in (tree / "headwater" / "settings.py").read_text():  # older trees refuse it
+            env["HEADWATER_GATEWAY_ALLOCATOR"] = "system"
         port = bg.free_port()
         log = open(Path(work) / "gateway.log", "wb")
         proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
