@@ -242,8 +242,12 @@ def wait_ready(port: int, proc: subprocess.Popen, path: str = "/readyz", timeout
         time.sleep(0.2)
 
 
-def gateway_env(data_dir: str, brokers: str, redis: bool, log_level: str) -> dict[str, str]:
-    """The environment a benchmarked gateway runs with: this one without HEADWATER_*, then the bench's settings."""
+def gateway_env(data_dir: str, brokers: str, redis: bool, log_level: str,
+                allocator: str | None = None) -> dict[str, str]:
+    """The environment a benchmarked gateway runs with: this one without HEADWATER_*, then the bench's settings.
+
+    :param allocator: ``gateway_allocator`` (``None``: the setting's default, jemalloc when installed)
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEADWATER_")}
     env.update({"HEADWATER_KAFKA_BROKERS": brokers, "HEADWATER_DATA_DIR": data_dir, "HEADWATER_LOG_LEVEL": log_level,
                 "HEADWATER_HMAC_KEYS": f"{KID}:{base64.b64encode(MASTER_KEY).decode()}",
@@ -251,6 +255,8 @@ def gateway_env(data_dir: str, brokers: str, redis: bool, log_level: str) -> dic
                 **GATEWAY_TOPICS})
     if redis:
         env["HEADWATER_REDIS_URL"] = "redis://127.0.0.1:6379/0"
+    if allocator is not None:
+        env["HEADWATER_GATEWAY_ALLOCATOR"] = allocator
     return env
 
 
@@ -259,8 +265,10 @@ def gateway_command(port: int) -> list[str]:
     return [sys.executable, "-m", "headwater", "gateway", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
 
 
-def start_gateway(port: int, data_dir: str, brokers: str, redis: bool, log_level: str) -> subprocess.Popen:
-    proc = subprocess.Popen(gateway_command(port), cwd=REPO, env=gateway_env(data_dir, brokers, redis, log_level),
+def start_gateway(port: int, data_dir: str, brokers: str, redis: bool, log_level: str,
+                  allocator: str | None = None) -> subprocess.Popen:
+    proc = subprocess.Popen(gateway_command(port), cwd=REPO,
+                            env=gateway_env(data_dir, brokers, redis, log_level, allocator),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     wait_ready(port, proc)
     return proc
@@ -433,6 +441,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--no-redis", action="store_true", help="in-process dedup/replay instead of Redis")
     parser.add_argument("--no-bare", action="store_true", help="skip the bare ceiling")
     parser.add_argument("--log-level", default="WARNING", help="the gateway's log level (INFO logs every request)")
+    parser.add_argument("--allocator", choices=("jemalloc", "system"), default=None,
+                        help="the gateway's memory allocator (default: the setting's default, jemalloc)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
     args = parser.parse_args(argv)
     args.loads = [float(x) for x in args.loads.split(",") if x.strip()]
@@ -442,7 +452,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         ensure_topic(args.brokers, topic)
     with tempfile.TemporaryDirectory(prefix="hw-bench-") as data_dir:
         port = free_port()
-        gateway = start_gateway(port, data_dir, args.brokers, not args.no_redis, args.log_level)
+        gateway = start_gateway(port, data_dir, args.brokers, not args.no_redis, args.log_level, args.allocator)
         try:
             results.append(measure_server("gateway", port, gateway.pid, args, seed=1000))
         finally:
