@@ -194,6 +194,9 @@ _CHOICES = {
     "kafka_security_protocol": ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
 }
 
+#: Settings that take one of a few lower-case words, written exactly.
+_WORDS = {"gateway_allocator": ("jemalloc", "system"), "ip_handling": ("drop", "truncate")}
+
 
 class Settings(BaseModel):
     """Every setting of every Headwater process. Field ``x`` is ``HEADWATER_X`` in the environment."""
@@ -330,18 +333,12 @@ class Settings(BaseModel):
             raise ValueError("must look like snowflake://user@account/DATABASE/SCHEMA")
         return v
 
-    @field_validator("gateway_allocator")
+    @field_validator(*_WORDS)
     @classmethod
-    def _allocator(cls, v: str) -> str:
-        if v not in {"jemalloc", "system"}:
-            raise ValueError("must be 'jemalloc' or 'system'")
-        return v
-
-    @field_validator("ip_handling")
-    @classmethod
-    def _ip(cls, v: str) -> str:
-        if v not in {"drop", "truncate"}:
-            raise ValueError("must be 'drop' or 'truncate'")
+    def _word(cls, v: str, info: Any) -> str:
+        allowed = _WORDS[info.field_name]
+        if v not in allowed:
+            raise ValueError("must be " + " or ".join(repr(a) for a in allowed))
         return v
 
     @model_validator(mode="after")
