@@ -78,6 +78,9 @@ class ContextMemo:
         self._shells: dict[bytes, dict[str, Any] | str] = {}  # or _SEEN_ONCE, _INVALID
         own = {p: m for p, m in registry.pii_fields(ENVELOPE).items() if p.startswith(CONTEXT + ".")}
         self.names = frozenset(name for name in registry.events if _context_marks_are(registry.pii_fields(name), own))
+        #: Of those, the names with no mark outside the context: the rest of such an event has nothing to protect.
+        self.unmarked = frozenset(name for name in self.names
+                                  if all(path.startswith(CONTEXT + ".") for path in registry.pii_fields(name)))
         self.hits = 0
         self.misses = 0
 
@@ -138,8 +141,9 @@ class ContextMemo:
             return None
         return doc, event, entry
 
-    def protected(self, entry: _Entry, day: dt.date) -> tuple[dict[str, Any], tuple[str, ...], str]:
-        """``(PII-free context, raw addresses taken out of it, its JSON text)`` under the salts of ``day``.
+    def protected(self, entry: _Entry, day: dt.date) -> tuple[dict[str, Any], tuple[str, ...], str, str, str | None]:
+        """``(PII-free context, raw addresses taken out of it, its JSON text, salt id, previous salt id)`` under the
+        salts of ``day`` (the ids as :meth:`enrichers.pii.PiiHasher.protect_parts` gives them).
 
         :raises enrichers.pii.MissingSaltError: when no salt covers ``day``
         """
@@ -150,7 +154,7 @@ class ContextMemo:
             # Marks under "context" are the envelope's for every name this memo serves, so the envelope's own plan.
             out, ips, _, _ = self.pii.protect_parts({"event": ENVELOPE, CONTEXT: entry.value}, day)
             context, text = context_text(out.get(CONTEXT))
-            known = entry.protected[salts] = (context, tuple(ips), text)
+            known = entry.protected[salts] = (context, tuple(ips), text, *salts)
         return known
 
     def _learn_shell(self, shell: bytes, known: Any) -> dict[str, Any] | None:

@@ -227,8 +227,12 @@ class Stages:
             else:
                 # The rest of the event (its context is None), then the remembered context: its addresses come
                 # first, the gateway's last, as protect_parts orders them for the whole event.
-                protected, ips, salt_id, salt_id_prev = self.pii.protect_parts(event, event_date, in_place=True)
-                context, context_ips, context_json = self.contexts.protected(context_entry, event_date)
+                context, context_ips, context_json, salt_id, salt_id_prev = self.contexts.protected(context_entry,
+                                                                                                     event_date)
+                if event["event"] in self.contexts.unmarked:  # nothing outside the context to protect
+                    protected, ips = event, []
+                else:
+                    protected, ips, salt_id, salt_id_prev = self.pii.protect_parts(event, event_date, in_place=True)
                 client_ip = doc.get("client_ip")
                 if not ips:  # nothing but the context and the gateway name addresses: geo and agent are remembered
                     pair = (client_ip, doc.get("user_agent"))

@@ -260,6 +260,7 @@ def test_remembered_contexts_give_exactly_the_rows_and_letters_of_the_ordinary_p
     ordinary = Stages.from_settings(settings, registry)
     ordinary.contexts = None
     assert remembering.contexts is not None and "identify" in remembering.contexts.names
+    assert "page_viewed" in remembering.contexts.unmarked and "identify" not in remembering.contexts.unmarked
     shared = {"locale": "de-DE", "ip": "81.2.69.142", "user_agent": IPHONE_UA, "app": {"name": 'A "b" {', "version": "1"}}
     identify = identify_event()
     bad_context = page_event()
