@@ -11,7 +11,7 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
-# A C compiler for schemas/_cformats.c and _spans.c, the hot format checks and span finder (the runtime stage copies only the venv).
+# A C compiler for schemas/_cformats.c, _spans.c and _cschema.c: format checks, span finder, schema checks (the runtime stage copies only the venv).
 RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends gcc libc6-dev > /dev/null \
  && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/venv
@@ -29,7 +29,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 COPY . .
 RUN pip install --no-deps . \
  && headwater --help > /dev/null \
- && python -c "import bytewax.run, flows.run, ingest_gateway.app, schemas._cformats, schemas._spans, sinks.clickhouse, sinks.snowflake, sinks.s3_parquet"
+ && python -c "import bytewax.run, flows.run, ingest_gateway.app, schemas._cformats, schemas._spans, schemas._cschema, sinks.clickhouse, sinks.snowflake, sinks.s3_parquet"
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="headwater" \

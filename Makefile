@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 
 .PHONY: install tools dbt-venv quix-venv bench demo test unit integration up down status lint clean
 
-$(STAMP): pyproject.toml schemas/_cformats.c schemas/_spans.c
+$(STAMP): pyproject.toml schemas/_cformats.c schemas/_spans.c schemas/_cschema.c
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'

@@ -27,6 +27,11 @@ import fastjsonschema
 
 from schemas.formats import FORMAT_CHECKS, PATTERN_CHECKS
 
+try:  # the C evaluator of the same checks (schemas/_cschema.c); without it the generated Python runs
+    from schemas._cschema import Checker
+except ImportError:  # pragma: no cover - an install without a C compiler
+    Checker = None
+
 try:  # the regex parser is private to the standard library: without it, patterns keep plain ``search``
     from re._constants import AT, AT_BEGINNING, AT_END_STRING  # type: ignore[import-not-found]
     from re._parser import parse as sre_parse  # type: ignore[import-not-found]
@@ -357,6 +362,7 @@ def check_source(schema: Any, name: str = "check") -> tuple[str, dict[str, Any]]
     out.line(0, f"def {name}(data):")
     out.line(1, "try:")
     _emit(out, schema, "data", 2)
+    out.line(2, "pass")  # the body of a schema that checks nothing (true, or allOf of nothing) would be empty
     out.line(1, "except Exception:  # e.g. a missing required key: not surely valid")
     out.line(2, "return False")
     out.line(1, "return True")
@@ -364,6 +370,14 @@ def check_source(schema: Any, name: str = "check") -> tuple[str, dict[str, Any]]
 
 
 def compile_check(schema: Any, name: str = "check") -> Callable[[Any], bool]:
+    """:func:`compile_python_check`, evaluated in C (``schemas._cschema``) when that module is built: the same
+    answers for every value, without running bytecode. :raises Unsupported: as :func:`compile_python_check`."""
+    if Checker is None:
+        return compile_python_check(schema, name)
+    return Checker(check_spec(schema))
+
+
+def compile_python_check(schema: Any, name: str = "check") -> Callable[[Any], bool]:
     """A function ``value -> bool`` that is ``True`` only when ``value`` is valid against ``schema``.
 
     ``False`` means "not shown valid": the value may still be valid in a way this check does not follow
@@ -376,3 +390,151 @@ def compile_check(schema: Any, name: str = "check") -> Callable[[Any], bool]:
     source, namespace = check_source(schema, name)
     exec(compile(source, f"<schema check {name}>", "exec"), namespace)  # noqa: S102 - our own generated code
     return namespace[name]
+
+
+# --- the same decisions as data, for the C interpreter in schemas/_cschema.c -------------------------------------
+#
+# ``check_spec`` walks a schema exactly as ``_emit`` does and describes the check it would generate as nested
+# tuples; ``schemas._cschema.Checker(spec)`` evaluates that description without running Python bytecode. Layout
+# (the C file reads it by position):
+#
+#   node    None (true) | False | (parts, chain, untyped)
+#           parts: the allOf parts' nodes, each checked first; chain: ((kind, body), ...) tried in order, the first
+#           kind whose exact type test matches applies its body (``()``: no constraint); no match fails, unless
+#           ``untyped`` and the value is of some JSON type; chain ``None``: only the parts
+#   kind    0 object, 1 array, 2 string, 3 integer, 4 number, 5 boolean, 6 null
+#   string  (enum frozenset | None, min length | -1, max length | -1, pattern callable | None,
+#            pattern answers None for no match (a regex method) rather than a false value, format callable | None)
+#   number  (finite check (kind number), ((comparison op, bound), ...)): the value fails when ``value op bound``
+#   object  (anyOf required-key groups | None, closed, always fails, keys that must be present,
+#            ((key, node, required), ...), declared keys present at the start of the count, max | -1, min | -1,
+#            propertyNames node | True (no check), additionalProperties node | True (no check), declared keys)
+#   array   (min items | -1, max items | -1, items node, unique strings)
+_KIND = {name: index for index, name in enumerate(_TYPES)}
+_LT, _LE, _GT, _GE = 0, 1, 4, 5  # Python's rich comparison codes (Py_LT, Py_LE, Py_GT, Py_GE)
+
+
+def check_spec(schema: Any) -> Any:
+    """The description of the check ``compile_check`` would generate for ``schema``.
+
+    :raises Unsupported: exactly where :func:`compile_check` does.
+    """
+    return _spec(schema)
+
+
+def _spec(schema: Any) -> Any:
+    if schema is True:
+        return None
+    if schema is False or not isinstance(schema, dict):
+        if schema is False:
+            return False
+        raise Unsupported(f"schema of type {type(schema).__name__}")
+    unknown = set(schema) - _SUPPORTED - {k for k in schema if k.startswith("x-")}
+    if unknown:
+        raise Unsupported(f"keyword(s) {sorted(unknown)}")
+    alternatives = schema.get("anyOf", [])
+    if not isinstance(alternatives, list) or not all(
+            isinstance(b, dict) and set(b) == {"required"} and isinstance(b["required"], list) for b in alternatives):
+        raise Unsupported("anyOf other than alternatives of required keys")
+    parts: tuple = ()
+    if "allOf" in schema:
+        if not isinstance(schema["allOf"], list):
+            raise Unsupported("allOf that is not a list")
+        parts = tuple(_spec(part) for part in schema["allOf"])
+        schema = {key: value for key, value in schema.items() if key != "allOf"}
+        if set(schema) <= _ANNOTATIONS or not schema:
+            return (parts, None, False) if parts else None  # the parts and nothing else
+    kinds = _types(schema)
+    if not kinds:
+        return (parts, (), False)  # nothing matches: fails
+    bodies = [(kind, _spec_body(schema, kind)) for kind in kinds]
+    untyped = "type" not in schema and "enum" not in schema
+    if untyped:
+        bodies = [(kind, body) for kind, body in bodies if body is not None]
+    return (parts, tuple((_KIND[kind], body if body is not None else ()) for kind, body in bodies), untyped)
+
+
+def _spec_body(schema: dict[str, Any], kind: str) -> tuple | None:
+    """A kind's constraints, or ``None`` when ``_body`` would write no line for it."""
+    if kind == "string":
+        enum = frozenset(schema["enum"]) if "enum" in schema else None
+        low, high = _count(schema, "minLength"), _count(schema, "maxLength")
+        pattern = test = None
+        is_regex = False
+        if "pattern" in schema:
+            pattern = schema["pattern"]
+            if pattern in PATTERN_CHECKS:
+                test = PATTERN_CHECKS[pattern]
+            else:
+                test, is_regex = _pattern_test(pattern), True
+        fmt = None
+        if "format" in schema:
+            if schema["format"] not in FORMAT_CHECKS:
+                raise Unsupported(f"format {schema['format']!r}")
+            fmt = FORMAT_CHECKS[schema["format"]]
+        if enum is None and low is None and high is None and test is None and fmt is None:
+            return None
+        return (enum, -1 if low is None else low, -1 if high is None else high, test, is_regex, fmt)
+    if kind in ("integer", "number"):
+        bounds = []
+        for keyword, op in (("minimum", _LT), ("maximum", _GT), ("exclusiveMinimum", _LE), ("exclusiveMaximum", _GE)):
+            bound = schema.get(keyword)
+            if bound is None:
+                continue
+            if type(bound) not in (int, float):
+                raise Unsupported(f"{keyword} {bound!r}")
+            bounds.append((op, bound))
+        if kind == "integer" and not bounds:
+            return None
+        return (kind == "number", tuple(bounds))
+    if kind == "object":
+        return _spec_object(schema)
+    if kind == "array":
+        return _spec_array(schema)
+    return None  # boolean, null: no constraints
+
+
+def _spec_object(schema: dict[str, Any]) -> tuple | None:
+    properties = schema.get("properties", {})
+    required = schema.get("required", [])
+    extra = schema.get("additionalProperties", True)
+    if not isinstance(properties, dict) or not isinstance(required, list):
+        raise Unsupported("properties or required of an unexpected shape")
+    groups = tuple(tuple(branch["required"]) for branch in schema["anyOf"]) if "anyOf" in schema else None
+    closed = extra is False
+    required = list(dict.fromkeys(required))
+    present_required = [key for key in required if key in properties]
+    missing = tuple(key for key in required if key not in properties)
+    if closed and missing:  # _object writes "return False" and stops there
+        return (groups, closed, True, (), (), 0, -1, -1, True, True, None)
+    props = tuple((key, _spec(sub), key in required) for key, sub in properties.items())
+    high, low = _count(schema, "maxProperties"), _count(schema, "minProperties")
+    names: Any = True
+    if "propertyNames" in schema and schema["propertyNames"] is not True:
+        names = _spec(schema["propertyNames"])
+    rest: Any = True
+    declared = None
+    if not isinstance(extra, bool):
+        rest = _spec(extra)
+        declared = frozenset(properties)
+    if (groups is None and not closed and not missing and not props and high is None and low is None
+            and names is True and rest is True):
+        return None
+    return (groups, closed, False, missing, props, len(present_required), -1 if high is None else high,
+            -1 if low is None else low, names, rest, declared)
+
+
+def _spec_array(schema: dict[str, Any]) -> tuple | None:
+    low, high = _count(schema, "minItems"), _count(schema, "maxItems")
+    items = schema.get("items", True)
+    if isinstance(items, list):
+        raise Unsupported("tuple-form items")
+    unique = False
+    if schema.get("uniqueItems") is True:
+        if not (isinstance(items, dict) and items.get("type") == "string"):
+            raise Unsupported("uniqueItems over anything but strings")
+        unique = True
+    node = _spec(items) if items is not True else None
+    if low is None and high is None and items is True and not unique:
+        return None
+    return (-1 if low is None else low, -1 if high is None else high, node, unique)
