@@ -137,6 +137,18 @@ def _type_test(kind: str, var: str) -> str:
     }[kind]
 
 
+def _check_keywords(schema: dict[str, Any]) -> None:
+    """:raises Unsupported: for a keyword outside the subset, or an anyOf that is not alternatives of required keys."""
+    unknown = set(schema) - _SUPPORTED - {k for k in schema if k.startswith("x-")}
+    if unknown:
+        raise Unsupported(f"keyword(s) {sorted(unknown)}")
+    alternatives = schema.get("anyOf", [])
+    if not isinstance(alternatives, list) or not all(
+            isinstance(b, dict) and set(b) == {"required"} and isinstance(b["required"], list) for b in alternatives):
+        # Alternatives of required keys say nothing about non-objects; anything else would need a real anyOf.
+        raise Unsupported("anyOf other than alternatives of required keys")
+
+
 def _emit(out: _Writer, schema: Any, var: str, depth: int) -> None:
     """Lines that ``return False`` unless ``var`` is valid against ``schema``."""
     if schema is True:
@@ -146,14 +158,7 @@ def _emit(out: _Writer, schema: Any, var: str, depth: int) -> None:
             out.line(depth, "return False")
             return
         raise Unsupported(f"schema of type {type(schema).__name__}")
-    unknown = set(schema) - _SUPPORTED - {k for k in schema if k.startswith("x-")}
-    if unknown:
-        raise Unsupported(f"keyword(s) {sorted(unknown)}")
-    alternatives = schema.get("anyOf", [])
-    if not isinstance(alternatives, list) or not all(
-            isinstance(b, dict) and set(b) == {"required"} and isinstance(b["required"], list) for b in alternatives):
-        # Alternatives of required keys say nothing about non-objects; anything else would need a real anyOf.
-        raise Unsupported("anyOf other than alternatives of required keys")
+    _check_keywords(schema)
     if "allOf" in schema:
         # Each part in turn on the same value; the registry uses this to add an event's payload schema to
         # the envelope's "properties" without losing what the envelope itself says about it.
@@ -429,13 +434,7 @@ def _spec(schema: Any) -> Any:
         if schema is False:
             return False
         raise Unsupported(f"schema of type {type(schema).__name__}")
-    unknown = set(schema) - _SUPPORTED - {k for k in schema if k.startswith("x-")}
-    if unknown:
-        raise Unsupported(f"keyword(s) {sorted(unknown)}")
-    alternatives = schema.get("anyOf", [])
-    if not isinstance(alternatives, list) or not all(
-            isinstance(b, dict) and set(b) == {"required"} and isinstance(b["required"], list) for b in alternatives):
-        raise Unsupported("anyOf other than alternatives of required keys")
+    _check_keywords(schema)
     parts: tuple = ()
     if "allOf" in schema:
         if not isinstance(schema["allOf"], list):
