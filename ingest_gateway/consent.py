@@ -34,11 +34,6 @@ _DDL = {
 }
 
 
-def event_denies_consent(event: dict[str, Any]) -> bool:
-    consent = event.get("consent")
-    return type(consent) is dict and consent.get("analytics") is False
-
-
 class OptOutRegistry:
     """:param store: the gateway's SQL store; :param refresh_seconds: snapshot reload period"""
 

@@ -152,7 +152,7 @@ async def ingest(gw: Gateway, request: HTTPConnection, request_id: str, events: 
                 rejected.append((index, _whole(event, context_ok, encoded, index), refused[index]))
                 continue
             if type(event) is dict:
-                # event_denies_consent(event), spelled out: it runs for every event
+                # the event's own consent says no to analytics, or a subject of it has opted out
                 own = event.get("consent")
                 if (type(own) is dict and own.get("analytics") is False) or (blocks is not None and blocks(event)):
                     outcome.no_consent += 1
