@@ -8,8 +8,9 @@ for bytes it has seen before it decodes only the rest of the record, with ``null
 
 What is remembered for one context text: whether it is valid, and per set of PII salts its PII-free form, the raw
 addresses taken out of it (for geo) and its JSON text; and per client address and user agent the gateway saw, what
-the flow derives from them and the context (geo, the truncated address, browser / OS / device class). Equal bytes decode to equal values, so a remembered answer
-is exactly the answer for the event at hand; and only contexts that decode and validate are remembered at all.
+the flow derives from them and the context (geo, the truncated address, browser / OS / device class). Equal bytes
+decode to equal values, so a remembered answer is exactly the answer for the event at hand; and only contexts that
+decode and validate are remembered at all.
 
 This holds only where the context's PII treatment does not depend on the rest of the event: for event names whose
 marks under ``context`` are the envelope's own, with no mark on ``context`` itself and no ``ip`` mark elsewhere
@@ -59,6 +60,12 @@ class _Entry:
         #: What the flow derives from this context together with the gateway's client address and user agent
         #: (geo columns, truncated address, user agent columns), by that pair: see ``Stages``.
         self.derived: dict[tuple[Any, Any], tuple[Any, ...]] = {}
+
+    def remember(self, pair: tuple[Any, Any], derived: tuple[Any, ...]) -> None:
+        """Keep ``derived`` for ``pair``, starting afresh after :data:`DERIVED_PER_ENTRY` pairs."""
+        if len(self.derived) >= DERIVED_PER_ENTRY:
+            self.derived.clear()
+        self.derived[pair] = derived
 
 
 class ContextMemo:
@@ -163,21 +170,20 @@ class ContextMemo:
         pay for decoding it twice) and for one whose fields do not pass. ``known`` is what the memo holds for it."""
         if known is _INVALID:
             return None
-        if known is None:
-            doc = None
-            remembered: Any = _SEEN_ONCE
-        else:
+        doc: dict[str, Any] | None = None
+        remembered: Any = _SEEN_ONCE
+        if known is _SEEN_ONCE:
             try:
                 doc = decode_raw_object(shell + b"{}}")
             except WireError:
-                doc = remembered = _INVALID
+                remembered = _INVALID
             else:
                 doc["event"] = None
                 remembered = doc
         if len(self._shells) >= self.max_shells:
             self._shells.clear()
         self._shells[shell] = remembered
-        return doc if doc is not _INVALID else None
+        return doc
 
     def _learn(self, text: bytes) -> _Entry | None:
         self.misses += 1

@@ -247,15 +247,16 @@ class KafkaRowSink(FixedPartitionedSink[Any, None]):
                                        self.encode_batch)
 
 
-def row_record(row: dict[str, Any]) -> tuple[bytes, bytes, list]:
-    """An output row as a Kafka record: keyed by ``event_id``, the row as JSON."""
-    return str(row["event_id"]).encode(), encode_row(row), []
-
-
 def row_records(rows: list[dict[str, Any]]) -> list[tuple[bytes, bytes, list]]:
-    """:func:`row_record` of each row, in one comprehension (no Python call per row)."""
-    dumps, option, none = orjson.dumps, orjson.OPT_UTC_Z, []
-    return [(str(row["event_id"]).encode(), dumps(row, option=option), none) for row in rows]
+    """Output rows as Kafka records: keyed by ``event_id``, each row as :func:`encode_row` writes it (spelled out
+    in one comprehension: no Python call per row)."""
+    dumps, option, no_headers = orjson.dumps, orjson.OPT_UTC_Z, []
+    return [(str(row["event_id"]).encode(), dumps(row, option=option), no_headers) for row in rows]
+
+
+def row_record(row: dict[str, Any]) -> tuple[bytes, bytes, list]:
+    """One output row as a Kafka record (see :func:`row_records`)."""
+    return row_records([row])[0]
 
 
 def kafka_rows(settings: Any, topic: str, name: str | None = None) -> KafkaRowSink:

@@ -30,7 +30,7 @@ from enrichers.geo import GeoEnricher
 from enrichers.metrics import CacheCounter
 from enrichers.pii import MissingSaltError, PiiHasher, mask_ip
 from enrichers.plan_tier import UNKNOWN, PlanTierLookup
-from flows.contexts import DERIVED_PER_ENTRY, ContextMemo, context_text
+from flows.contexts import ContextMemo, context_text
 from flows.metrics import STAGES
 from flows.sealing import LetterSeal
 from schemas.wire import WireError, decode_raw_object
@@ -234,7 +234,7 @@ class Stages:
                 else:
                     protected, ips, salt_id, salt_id_prev = self.pii.protect_parts(event, event_date, in_place=True)
                 client_ip = doc.get("client_ip")
-                if not ips:  # nothing but the context and the gateway name addresses: geo and agent are remembered
+                if not ips:  # the only addresses are the context's and the gateway's: geo and agent are remembered
                     pair = (client_ip, doc.get("user_agent"))
                     try:
                         derived = context_entry.derived.get(pair)
@@ -249,10 +249,7 @@ class Stages:
         try:
             if pair is not None and derived is None:
                 derived = self._derive(ips, context, doc)
-                remembered = context_entry.derived
-                if len(remembered) >= DERIVED_PER_ENTRY:
-                    remembered.clear()
-                remembered[pair] = derived
+                context_entry.remember(pair, derived)
             return self._row(protected, ips, doc, msg, event_date, corrected, received, timestamp, salt_id,
                              salt_id_prev, context, context_json, derived)
         except Exception as exc:

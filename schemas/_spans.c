@@ -136,10 +136,10 @@ skip_value(const unsigned char *s, Py_ssize_t i, Py_ssize_t end)
 
 static const char *refusal; /* why the last scan failed (the GIL is held throughout: one scan at a time) */
 
+#define MAX_LEVELS 8 /* path_spans reports the objects along a path this long at most */
+
 /* What a scan looks for: the value at `path` in an object and, when `member` is set, that value being an array,
  * each of its items with the span of `member` (a path) in those that are objects. */
-#define MAX_LEVELS 8
-
 typedef struct {
     PyObject *path;
     PyObject *member;   /* NULL: only the value's span */

@@ -188,7 +188,8 @@ def test_a_sink_that_takes_lists_gets_one_list_per_source_batch_and_partition(se
 def test_the_kafka_row_sink_flattens_lists_of_rows(stages):
     rows = rows_of(stages, [wire(page_event("user-1")), wire(page_event("user-2"))])
     config = {"bootstrap.servers": "127.0.0.1:9", "message.timeout.ms": 1000, "log_level": 0}  # nothing listens
-    assert row_records(rows) == [row_record(row) for row in rows]
+    assert row_records(rows) == [(row["event_id"].encode(), encode_row(row), []) for row in rows]
+    assert row_record(rows[0]) == row_records(rows[:1])[0]
     for encode_batch in (None, row_records):
         sink = KafkaRowSink(config, "t", row_record, item_batches=True, encode_batch=encode_batch)
         part = sink.build_part("step", "0", None)

@@ -71,13 +71,13 @@ def test_catalogue_checks_agree_on_examples_and_their_mutations(name):
                       rng.choice(["x", "name", "ip", "analytics", "url", "event"])) for _ in range(rng.randint(1, 3))]
         values.append(mutate(event, mutations))
     values.append({**event, "event_id": Text(event["event_id"])})  # a str subclass: never "surely valid"
-    agreed = accepted = 0
+    answers = set()
     for c_check, py_check in checks:
         for value in values:
-            assert c_check(value) is py_check(value), (value,)
-            agreed += 1
-            accepted += py_check(value)
-    assert accepted > 0 and agreed == len(checks) * len(values)
+            answer = py_check(value)
+            assert c_check(value) is answer, (value,)
+            answers.add(answer)
+    assert answers == {True, False}  # the values reach both answers, so agreeing says something
 
 
 # --- random schemas of the supported subset --------------------------------------------------------------------
